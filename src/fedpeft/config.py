@@ -1,0 +1,221 @@
+"""Typed job configuration: nested dataclasses, TOML recipes, ``--set key=value`` overrides.
+
+A recipe is a TOML file whose tables mirror the dataclasses below (``[model]``, ``[data]``, ``[adapter]``,
+``[train]``, ...). Unknown keys are errors that name the field and list the known ones, and every value is
+validated in ``__post_init__`` before any work starts. The resolved config is saved into each run directory
+so a run can be reproduced from it alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar, Union, get_args, get_origin, get_type_hints
+
+import tomllib
+
+from fedpeft.adapters import AdapterConfig
+from fedpeft.errors import ConfigError
+from fedpeft.training.loop import TrainConfig
+
+T = TypeVar("T")
+
+
+@dataclass
+class ModelConfig:
+    """Base model: a bundled short name (``fedpeft list``), a local path, or a Hugging Face hub id."""
+
+    name: str = "tiny-small"
+    dtype: str = "float32"
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise ConfigError("model.name", self.name, "a bundled model name, local path or hub id")
+
+
+@dataclass
+class DataConfig:
+    """Dataset and encoding. ``train_limit`` / ``eval_limit`` cap the number of examples (None = all)."""
+
+    dataset: str = "sst2"
+    data_dir: str | None = None
+    train_split: str = "train"
+    eval_split: str = "dev"
+    train_limit: int | None = None
+    eval_limit: int | None = None
+    template: str | None = None  # None = the dataset's own template
+    max_length: int = 128
+
+    def __post_init__(self) -> None:
+        from fedpeft.registry import DATASETS
+
+        if self.dataset not in DATASETS:
+            raise ConfigError("data.dataset", self.dataset, DATASETS.names())
+        if self.max_length < 8:
+            raise ConfigError("data.max_length", self.max_length, "an integer >= 8")
+        for name in ("train_limit", "eval_limit"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"data.{name}", value, "a positive integer or omitted")
+
+
+@dataclass
+class EvalConfig:
+    """How the model is scored: ``label_words`` (classification datasets) or ``generation`` (Rouge-L, EM)."""
+
+    mode: str = "auto"  # auto = label_words for classification datasets, generation otherwise
+    batch_size: int = 64
+    max_new_tokens: int = 32
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("auto", "label_words", "generation", "perplexity"):
+            raise ConfigError("eval.mode", self.mode, ["auto", "label_words", "generation", "perplexity"])
+
+
+@dataclass
+class JobConfig:
+    """A centralized fine-tuning job (the federated job extends this)."""
+
+    name: str = "job"
+    seed: int = 0
+    output_dir: str = "runs"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Building dataclasses from plain dicts (TOML) with field-level errors.
+
+
+def _is_dataclass_type(tp: Any) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _coerce(value: Any, tp: Any, path: str) -> Any:
+    """Check/convert one TOML value against a type hint; raise ConfigError naming ``path`` on mismatch."""
+    origin = get_origin(tp)
+    if tp is Any:
+        return value
+    if _is_dataclass_type(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(path, value, f"a table of {tp.__name__} fields")
+        return from_dict(tp, value, path)
+    if origin in (Union, types.UnionType):
+        args = get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, path)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(path, value, f"one of {tp}")
+    if origin is typing.Literal:
+        if value not in get_args(tp):
+            raise ConfigError(path, value, get_args(tp))
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(path, value, f"a list ({tp})")
+        args = get_args(tp)
+        item_tp = args[0] if args else Any
+        items = [_coerce(v, item_tp, f"{path}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(path, value, "a table")
+        return dict(value)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(path, value, "a number")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(path, value, "an integer")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(path, value, "true or false")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(path, value, "a string")
+        return value
+    return value
+
+
+def from_dict(cls: type[T], data: dict[str, Any], path: str = "") -> T:
+    """Build dataclass ``cls`` from a (nested) dict, rejecting unknown keys with the list of known ones."""
+    hints = get_type_hints(cls, vars(sys.modules[cls.__module__]))
+    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        full = f"{path}.{key}" if path else key
+        if key not in names:
+            raise ConfigError(full, value, [f"{path}.{n}" if path else n for n in names])
+        kwargs[key] = _coerce(value, hints[key], full)
+    return cls(**kwargs)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain dict of a config (tuples become lists, None values dropped) ready for TOML/JSON."""
+
+    def clean(v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items() if x is not None}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        return v
+
+    return clean(dataclasses.asdict(cfg))
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """``"train.lr=1e-3"`` -> (["train", "lr"], 0.001). The value is parsed as TOML, else taken as a string."""
+    if "=" not in item:
+        raise ConfigError("--set", item, "KEY=VALUE, e.g. train.lr=1e-3")
+    key, raw = item.split("=", 1)
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def merge_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``--set`` items onto a nested dict (copying tables as it goes)."""
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
+    for item in overrides:
+        keys, value = parse_override(item)
+        node = out
+        for k in keys[:-1]:
+            child = node.get(k)
+            node[k] = dict(child) if isinstance(child, dict) else {}
+            node = node[k]
+        node[keys[-1]] = value
+    return out
+
+
+def load_config(cls: type[T], recipe: str | Path | None = None, overrides: list[str] | None = None) -> T:
+    """Read a TOML recipe (optional), apply ``--set`` overrides, validate, return the typed config."""
+    data: dict[str, Any] = {}
+    if recipe is not None:
+        path = Path(recipe)
+        if not path.is_file():
+            raise ConfigError("recipe", str(path), "an existing TOML file")
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError("recipe", str(path), f"valid TOML ({exc})") from None
+    return from_dict(cls, merge_overrides(data, overrides or []))

@@ -1,0 +1,81 @@
+"""Registries: the one place where names map to implementations.
+
+Every list of names fedpeft shows (CLI ``list``, config validation, error messages) is read from here, so adding a
+method is one ``register_*`` call in its own module and nothing else changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Generic, TypeVar
+
+from fedpeft.errors import ConfigError
+
+if TYPE_CHECKING:  # the registries are typed without importing the subpackages (they import us)
+    from fedpeft.adapters.base import PeftMethod
+    from fedpeft.data.base import DatasetSpec
+    from fedpeft.models.hub import ModelSpec
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    """A name -> object table for one kind of component (PEFT methods, datasets, models, algorithms)."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._items: dict[str, T] = {}
+
+    def register(self, name: str, obj: T) -> T:
+        """Add ``obj`` under ``name``; registering a name twice is a programming error."""
+        if name in self._items:
+            raise ValueError(f"{self.kind} {name!r} is already registered")
+        self._items[name] = obj
+        return obj
+
+    def decorator(self, name: str) -> Callable[[T], T]:
+        """``@REG.decorator("name")`` registers the decorated object and returns it unchanged."""
+
+        def wrap(obj: T) -> T:
+            return self.register(name, obj)
+
+        return wrap
+
+    def get(self, name: str, field: str | None = None) -> T:
+        """Look ``name`` up; an unknown name raises ConfigError listing the registered names."""
+        try:
+            return self._items[name]
+        except KeyError:
+            raise ConfigError(field or self.kind, name, self.names()) from None
+
+    def names(self) -> list[str]:
+        return sorted(self._items)
+
+    def items(self) -> Iterator[tuple[str, T]]:
+        return iter(sorted(self._items.items()))
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._items
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+PEFT_METHODS: Registry[PeftMethod] = Registry("peft method")
+DATASETS: Registry[DatasetSpec] = Registry("dataset")
+MODELS: Registry[ModelSpec] = Registry("model")
+
+
+def register_peft(method: PeftMethod) -> PeftMethod:
+    """Register a PEFT method instance under ``method.name``."""
+    return PEFT_METHODS.register(method.name, method)
+
+
+def register_dataset(spec: DatasetSpec) -> DatasetSpec:
+    """Register a dataset spec under ``spec.name``."""
+    return DATASETS.register(spec.name, spec)
+
+
+def register_model(spec: ModelSpec) -> ModelSpec:
+    """Register a model short name (bundled checkpoints) under ``spec.name``."""
+    return MODELS.register(spec.name, spec)

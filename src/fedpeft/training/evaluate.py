@@ -1,0 +1,131 @@
+"""Evaluation over encoded examples: label-word accuracy, response perplexity, batched generation, text metrics."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from fedpeft.data.tokenize import label_word_logits
+from fedpeft.training.loop import autocast_context, forward_logits
+from fedpeft.training.metrics import accuracy, exact_match, perplexity, rouge_l
+
+Collate = Callable[[Sequence[Mapping[str, Any]]], dict[str, torch.Tensor]]
+
+
+def _batches(examples: Sequence[Mapping[str, Any]], batch_size: int, collate: Collate, device: torch.device):
+    for i in range(0, len(examples), batch_size):
+        batch = collate(examples[i : i + batch_size])
+        yield {k: v.to(device) for k, v in batch.items()}
+
+
+def _device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.no_grad()
+def predict_labels(
+    model: torch.nn.Module,
+    examples: Sequence[Mapping[str, Any]],
+    collate: Collate,
+    word_ids: torch.Tensor,
+    batch_size: int = 64,
+    precision: str = "auto",
+) -> list[int]:
+    """Class index per example by label-word scoring (argmax over the label words' next-token logits)."""
+    model.eval()
+    device = _device(model)
+    preds: list[int] = []
+    for batch in _batches(examples, batch_size, collate, device):
+        with autocast_context(device, precision):
+            logits = forward_logits(model, batch)
+        preds.extend(label_word_logits(logits, batch["prompt_length"], word_ids).argmax(-1).tolist())
+    return preds
+
+
+def evaluate_classification(
+    model: torch.nn.Module,
+    examples: Sequence[Mapping[str, Any]],
+    collate: Collate,
+    word_ids: torch.Tensor,
+    batch_size: int = 64,
+) -> dict[str, float]:
+    """``{"accuracy": ...}`` by label-word scoring, plus the fraction predicted as each class (shows label bias)."""
+    preds = predict_labels(model, examples, collate, word_ids, batch_size)
+    labels = [int(e["label"]) for e in examples]
+    out = {"accuracy": accuracy(preds, labels)}
+    for c in range(len(word_ids)):
+        out[f"pred_frac_{c}"] = sum(p == c for p in preds) / len(preds)
+    return out
+
+
+@torch.no_grad()
+def evaluate_lm(
+    model: torch.nn.Module, examples: Sequence[Mapping[str, Any]], collate: Collate, batch_size: int = 32
+) -> dict[str, float]:
+    """Token-level loss and perplexity on response tokens (labels != -100)."""
+    model.eval()
+    device = _device(model)
+    nll, count = 0.0, 0
+    for batch in _batches(examples, batch_size, collate, device):
+        logits = forward_logits(model, batch)  # [B, T, V]
+        shift_logits = logits[:, :-1].float()
+        shift_labels = batch["labels"][:, 1:]
+        nll += float(F.cross_entropy(shift_logits.transpose(1, 2), shift_labels, ignore_index=-100, reduction="sum"))
+        count += int((shift_labels != -100).sum())
+    return {"loss": nll / max(count, 1), "perplexity": perplexity(nll, count)}
+
+
+@torch.no_grad()
+def generate(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    max_new_tokens: int = 32,
+    batch_size: int = 16,
+    max_prompt_tokens: int = 384,
+) -> list[str]:
+    """Greedy batched generation; returns only the new text for each prompt.
+
+    Prompts are left-padded (and left-truncated to ``max_prompt_tokens``) so every sequence ends where generation
+    starts.
+    """
+    model.eval()
+    device = _device(model)
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    outputs: list[str] = []
+    try:
+        for i in range(0, len(prompts), batch_size):
+            enc = tokenizer(
+                list(prompts[i : i + batch_size]), return_tensors="pt", padding=True, add_special_tokens=False
+            )
+            ids = enc["input_ids"][:, -max_prompt_tokens:].to(device)  # [B, T]
+            mask = enc["attention_mask"][:, -max_prompt_tokens:].to(device)
+            gen = model.generate(  # type: ignore[operator]
+                input_ids=ids,
+                attention_mask=mask,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+            )
+            outputs.extend(tokenizer.batch_decode(gen[:, ids.shape[1] :], skip_special_tokens=True))
+    finally:
+        tokenizer.padding_side = side
+    return [o.strip() for o in outputs]
+
+
+def evaluate_generation(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    references: Sequence[str],
+    max_new_tokens: int = 32,
+    batch_size: int = 16,
+) -> dict[str, float]:
+    """Rouge-L and exact match of greedy generations against references (also classification-as-generation)."""
+    preds = generate(model, tokenizer, prompts, max_new_tokens, batch_size)
+    return {"rouge_l": rouge_l(preds, references), "exact_match": exact_match(preds, references)}
