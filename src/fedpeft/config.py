@@ -90,6 +90,18 @@ class JobConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
+    def __post_init__(self) -> None:
+        # The adapter method is checked against the registry here, so a typo fails before any model is loaded.
+        try:
+            self.adapter.validate()
+        except ConfigError as exc:
+            raise exc.prefixed("adapter") from None
+        if self.train.loss == "label_words":
+            from fedpeft.registry import DATASETS
+
+            if DATASETS.get(self.data.dataset).task_type != "classification":
+                raise ConfigError("train.loss", "label_words", "'lm' for generation datasets (no label words)")
+
 
 # --------------------------------------------------------------------------------------------------------------------
 # Building dataclasses from plain dicts (TOML) with field-level errors.

@@ -25,7 +25,15 @@ class ConfigError(FedPeftError, ValueError):
             detail = f"; expected {allowed}"
         else:
             detail = "; allowed: " + ", ".join(repr(a) for a in allowed)
+        self.detail = detail
         super().__init__(f"{field}={value!r} is invalid{detail}")
+
+    def prefixed(self, prefix: str) -> ConfigError:
+        """The same error with ``prefix.`` in front of the field (a nested config reporting its full path)."""
+        err = ConfigError(f"{prefix}.{self.field}", self.value)
+        err.detail = self.detail
+        err.args = (f"{err.field}={self.value!r} is invalid{self.detail}",)
+        return err
 
 
 class DataFormatError(FedPeftError, ValueError):

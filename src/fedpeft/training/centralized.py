@@ -93,10 +93,6 @@ def run_centralized(cfg: JobConfig, quiet: bool = False) -> RunDir:
     model = attach_adapter(model, cfg.adapter)
     size = count_trainable(model)
     task = prepare_task(cfg, tokenizer)
-    if cfg.train.loss == "label_words" and task.word_ids is None:
-        from fedpeft.errors import ConfigError
-
-        raise ConfigError("train.loss", "label_words", "'lm' for generation datasets (no label words)")
     run.log(
         "setup",
         trainable_params=size.params,

@@ -8,8 +8,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from fedpeft.data.tokenize import label_word_logits
-from fedpeft.training.loop import autocast_context, forward_logits
+from fedpeft.training.loop import autocast_context, forward_logits, label_scores
 from fedpeft.training.metrics import accuracy, exact_match, perplexity, rouge_l
 
 Collate = Callable[[Sequence[Mapping[str, Any]]], dict[str, torch.Tensor]]
@@ -40,8 +39,8 @@ def predict_labels(
     preds: list[int] = []
     for batch in _batches(examples, batch_size, collate, device):
         with autocast_context(device, precision):
-            logits = forward_logits(model, batch)
-        preds.extend(label_word_logits(logits, batch["prompt_length"], word_ids).argmax(-1).tolist())
+            scores = label_scores(model, batch, word_ids)  # [B, n_labels]
+        preds.extend(scores.argmax(-1).tolist())
     return preds
 
 

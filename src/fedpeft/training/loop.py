@@ -8,6 +8,7 @@ label words' logits at the last prompt position: the classification loss that wo
 
 from __future__ import annotations
 
+import inspect
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -131,9 +132,33 @@ def batch_loss(
         out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
         return out.loss
     assert word_ids is not None, "label_words loss needs label word ids"
-    logits = forward_logits(model, batch)  # [B, T, V]
-    scores = label_word_logits(logits, batch["prompt_length"], word_ids)  # [B, n_labels]
+    scores = label_scores(model, batch, word_ids)  # [B, n_labels]
     return F.cross_entropy(scores.float(), batch["label"])
+
+
+def _supports_logits_to_keep(model: torch.nn.Module) -> bool:
+    """True when the model can project only chosen positions onto the vocabulary (Hugging Face ``logits_to_keep``).
+
+    Prompt-learning adapters prepend virtual tokens, which shifts positions, so they take the full path.
+    """
+    if getattr(model, "_is_prompt_learning", False):
+        return False
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "logits_to_keep" in inspect.signature(base.forward).parameters
+
+
+def label_scores(model: torch.nn.Module, batch: Mapping[str, torch.Tensor], word_ids: torch.Tensor) -> torch.Tensor:
+    """Label-word logits at the last prompt position: [B, n_labels].
+
+    Only that one position per row is projected onto the vocabulary when the model allows it, instead of all T:
+    for the tiny bundled models the vocabulary projection is about half of all compute, so this roughly halves a
+    classification step. ``test_label_scores_fast_path_matches_full_logits`` checks both paths agree.
+    """
+    if _supports_logits_to_keep(model):
+        pos = (batch["prompt_length"] - 1).unsqueeze(1)  # [B, 1]
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=pos).logits
+        return logits[:, 0, word_ids.to(logits.device)]  # [B, n_labels]
+    return label_word_logits(forward_logits(model, batch), batch["prompt_length"], word_ids)
 
 
 def forward_logits(model: torch.nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
