@@ -1,14 +1,8 @@
-"""Run directories: resolved config, metrics.jsonl, summary.json; every file written atomically.
-
-A half-written file never appears under its final name: writers go to a temporary file in the same folder and
-``os.replace`` it into place, so a killed run leaves either the old file or the new one.
-"""
+"""Run directories: resolved config, metrics.jsonl, summary.json; every file written atomically (see fileio)."""
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -16,25 +10,7 @@ from typing import Any
 import tomli_w
 
 from fedpeft.config import to_dict
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary sibling and an atomic rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+from fedpeft.fileio import atomic_write_text
 
 
 def write_json(path: Path, obj: Any) -> None:

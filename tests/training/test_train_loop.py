@@ -59,8 +59,13 @@ def test_training_learns_a_label_and_leaves_base_frozen():
 def test_training_is_reproducible_from_the_seed():
     def run(seed):
         model = attach_adapter(make_tiny_llama(), AdapterConfig(method="lora", r=4))
-        train(model, make_examples(16), TrainConfig(steps=5, batch_size=4, lr=1e-2, loss="label_words", seed=seed),
-              COLLATE, word_ids=WORDS)
+        train(
+            model,
+            make_examples(16),
+            TrainConfig(steps=5, batch_size=4, lr=1e-2, loss="label_words", seed=seed),
+            COLLATE,
+            word_ids=WORDS,
+        )
         return adapter_state(model)
 
     a, b, c = run(0), run(0), run(1)

@@ -20,24 +20,12 @@ from torch import nn
 
 from fedpeft.adapters.base import CONFIG_ATTR, AdapterConfig, extract_trainable_state, get_adapter_config
 from fedpeft.errors import ConfigError, FedPeftError, UnsupportedModelError
+from fedpeft.fileio import atomic_write_bytes
 
 FEDPEFT_CONFIG_NAME = "fedpeft_adapter.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 PEFT_CONFIG_NAME = "adapter_config.json"
 FORMAT_VERSION = 1
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_adapter(model: nn.Module, path: str | os.PathLike[str]) -> Path:
@@ -72,13 +60,13 @@ def save_adapter(model: nn.Module, path: str | os.PathLike[str]) -> Path:
         state = {k: v.detach().cpu().contiguous() for k, v in extract_trainable_state(model).items()}
         if not state:  # a native adapter *is* its trainable selection; an inference load has none left
             raise FedPeftError(f"{cfg.method}: the model has no trainable parameters left to save")
-        _atomic_write_bytes(out / WEIGHTS_NAME, save(state, metadata={"format": "pt", "fedpeft_method": cfg.method}))
+        atomic_write_bytes(out / WEIGHTS_NAME, save(state, metadata={"format": "pt", "fedpeft_method": cfg.method}))
         kind = "fedpeft"
     else:
         raise FedPeftError(f"{type(model).__name__} carries no adapter; attach one with attach_adapter first")
     if cfg is not None:
         meta: dict[str, Any] = {"format_version": FORMAT_VERSION, "kind": kind, "config": cfg.to_dict()}
-        _atomic_write_bytes(out / FEDPEFT_CONFIG_NAME, (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
+        atomic_write_bytes(out / FEDPEFT_CONFIG_NAME, (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
     return out
 
 

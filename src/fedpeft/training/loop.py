@@ -143,7 +143,7 @@ def _supports_logits_to_keep(model: torch.nn.Module) -> bool:
     """
     if getattr(model, "_is_prompt_learning", False):
         return False
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # type: ignore[operator]
     return "logits_to_keep" in inspect.signature(base.forward).parameters
 
 
