@@ -1,3 +1,4 @@
+# ruff: noqa: E501  (the Markdown table rows below are long on purpose)
 """Render docs/model_card.md from the bundled models' pretrain_stats.json (so the card always matches the files).
 
     python benchmarks/model_card.py

@@ -1,0 +1,66 @@
+"""Federated algorithms; for now the server-side aggregation maths shared by all of them.
+
+:mod:`fedpeft.algorithms.aggregation` holds state arithmetic, FedAvg / robust aggregators and the FedOpt server
+optimizers; :mod:`fedpeft.algorithms.lora_aggregation` the LoRA-specific variants (FedIT, FFA-LoRA, FLoRA, HetLoRA,
+FlexLoRA).
+"""
+
+from fedpeft.algorithms.aggregation import (
+    SERVER_OPTIMIZERS,
+    AggregationError,
+    FedAdagrad,
+    FedAdam,
+    FedAvgM,
+    FedAvgServer,
+    FedYogi,
+    ServerOptimizer,
+    State,
+    check_update,
+    clip_update,
+    coordinate_median,
+    state_add,
+    state_norm,
+    state_scale,
+    state_sub,
+    trimmed_mean,
+    weighted_average,
+)
+from fedpeft.algorithms.lora_aggregation import (
+    average_ab,
+    average_frozen_a,
+    lora_deltas,
+    lora_pairs,
+    stack_lora,
+    svd_reproject,
+    truncate_to_rank,
+    zero_pad_aggregate,
+)
+
+__all__ = [
+    "SERVER_OPTIMIZERS",
+    "AggregationError",
+    "FedAdagrad",
+    "FedAdam",
+    "FedAvgM",
+    "FedAvgServer",
+    "FedYogi",
+    "ServerOptimizer",
+    "State",
+    "average_ab",
+    "average_frozen_a",
+    "check_update",
+    "clip_update",
+    "coordinate_median",
+    "lora_deltas",
+    "lora_pairs",
+    "stack_lora",
+    "state_add",
+    "state_norm",
+    "state_scale",
+    "state_sub",
+    "svd_reproject",
+    "trimmed_mean",
+    "truncate_to_rank",
+    "weighted_average",
+    "zero_pad_aggregate",
+]
