@@ -47,12 +47,18 @@ def main() -> None:
     coll = functools.partial(collate, pad_id=tok.pad_token_id)
     cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=1e-3, loss="label_words")
 
+    # Methods that need settings beyond the defaults: AdaLoRA's rank budget spans every step it will take here.
+    # `named` needs a subset: the value projections (weights and biases) of every layer.
+    extra: dict[str, dict[str, object]] = {
+        "adalora": {"options": {"total_step": args.steps * (args.repeats + 1)}},
+        "named": {"module_names": [r"self_attn\.v_proj\."]},
+    }
     models: dict[str, torch.nn.Module] = {}
     rows: dict[str, dict[str, object]] = {}
     for name in PEFT_METHODS.names():
         base = load_model(args.model)
         try:
-            model = attach_adapter(base, AdapterConfig(method=name))
+            model = attach_adapter(base, AdapterConfig(method=name, **extra.get(name, {})))  # type: ignore[arg-type]
         except UnsupportedModelError as exc:
             rows[name] = {"method": name, "family": PEFT_METHODS.get(name).family, "skipped": str(exc)}
             continue
