@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/fedpeft demo
+	$(BIN)/fedpeft finetune recipes/demo.toml
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
