@@ -124,14 +124,13 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
         args = get_args(tp)
         if value is None and type(None) in args:
             return None
-        errors = []
         for arg in args:
             if arg is type(None):
                 continue
             try:
                 return _coerce(value, arg, path)
-            except ConfigError as exc:
-                errors.append(str(exc))
+            except ConfigError:
+                continue  # try the next member of the union; the error below names the whole union
         raise ConfigError(path, value, f"one of {tp}")
     if origin is typing.Literal:
         if value not in get_args(tp):
