@@ -1,0 +1,124 @@
+"""The one codec between adapter state dicts and wire records.
+
+``encode_state`` compresses every tensor of a state dict into a flat, ordered :class:`WireState`; ``decode_state``
+inverts it. The wire keys are ``"<state key>|<payload part>"``. bf16 payloads are bit-cast to int16 and tagged in
+the metadata (Flower's ArrayRecord refuses bf16), so ``WireState.tensors`` can go into an ArrayRecord as is.
+``to_bytes``/``from_bytes`` use safetensors with the metadata as JSON in the safetensors metadata header.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from fedpeft.comm.compression import Compressor, Encoded, make_compressor
+
+__all__ = ["SEP", "WIRE_VERSION", "WireState", "decode_state", "encode_state"]
+
+SEP = "|"
+WIRE_VERSION = 1
+_META_KEY = "fedpeft"
+
+
+@dataclass
+class WireState:
+    """A compressed state dict, ready to travel.
+
+    Attributes
+    ----------
+    tensors : dict[str, torch.Tensor]
+        Payload tensors keyed ``"<state key>|<part>"``, in state-dict order; no bf16 (bit-cast to int16).
+    meta : dict[str, Any]
+        JSON-able: ``version``, ``compressor`` and ``entries`` (one per state key, in order: ``key``, the
+        compressor metadata, ``parts`` and ``bitcast`` = parts stored bit-cast with their real dtype).
+    """
+
+    tensors: dict[str, torch.Tensor]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def nbytes(self) -> int:
+        """Exact bytes of the payload tensors (the metadata header is not counted)."""
+        return sum(t.numel() * t.element_size() for t in self.tensors.values())
+
+    def keys(self) -> list[str]:
+        """State-dict keys, in order."""
+        return [e["key"] for e in self.meta.get("entries", [])]
+
+    def to_bytes(self) -> bytes:
+        """Serialize with safetensors; the metadata goes as JSON in the header's ``__metadata__``."""
+        tensors = {k: t.contiguous() for k, t in self.tensors.items()}
+        return bytes(st_save(tensors, metadata={_META_KEY: json.dumps(self.meta)}))
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> WireState:
+        """Inverse of :meth:`to_bytes`."""
+        if len(data) < 8:
+            raise ValueError("wire data too short to be a safetensors buffer")
+        (hlen,) = struct.unpack("<Q", data[:8])
+        try:
+            header = json.loads(data[8 : 8 + hlen])
+            meta = json.loads(header["__metadata__"][_META_KEY])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"wire data has no fedpeft metadata header: {exc}") from exc
+        if meta.get("version") != WIRE_VERSION:
+            raise ValueError(f"unsupported wire version {meta.get('version')!r}; expected {WIRE_VERSION}")
+        loaded = st_load(data)
+        order = [f"{e['key']}{SEP}{p}" for e in meta["entries"] for p in e["parts"]]
+        missing = [k for k in order if k not in loaded]
+        if missing:
+            raise ValueError(f"wire data lacks tensors {missing}")
+        return cls({k: loaded[k] for k in order}, meta)
+
+
+def encode_state(state: dict[str, torch.Tensor], compressor: Compressor | str) -> WireState:
+    """Compress every tensor of ``state`` (keys kept in order) into a :class:`WireState`.
+
+    ``compressor`` is a :class:`Compressor` (stateful ones, e.g. top-k with error feedback, keep their state
+    across calls) or a registered name.
+    """
+    comp = make_compressor(compressor) if isinstance(compressor, str) else compressor
+    if not isinstance(state, dict):
+        raise ValueError(f"state must be a dict of tensors, got {type(state).__name__}")
+    tensors: dict[str, torch.Tensor] = {}
+    entries: list[dict[str, Any]] = []
+    for key, value in state.items():
+        if not isinstance(key, str) or not key or SEP in key:
+            raise ValueError(f"state key {key!r} must be a non-empty string without {SEP!r}")
+        enc = comp.compress(key, value)
+        bitcast: dict[str, str] = {}
+        for part, t in enc.payload.items():
+            if t.dtype == torch.bfloat16:
+                t = t.contiguous().view(torch.int16)
+                bitcast[part] = "bfloat16"
+            tensors[f"{key}{SEP}{part}"] = t
+        entries.append({"key": key, "meta": enc.meta, "parts": list(enc.payload), "bitcast": bitcast})
+    return WireState(tensors, {"version": WIRE_VERSION, "compressor": comp.name, "entries": entries})
+
+
+def decode_state(wire: WireState) -> dict[str, torch.Tensor]:
+    """Decompress a :class:`WireState` into a state dict with the original keys (in order), shapes and dtypes."""
+    out: dict[str, torch.Tensor] = {}
+    decoders: dict[str, Compressor] = {}
+    for entry in wire.meta.get("entries", []):
+        key, meta = entry["key"], entry["meta"]
+        name = meta.get("compressor")
+        if name not in decoders:
+            decoders[name] = make_compressor(name)
+        payload: dict[str, torch.Tensor] = {}
+        for part in entry["parts"]:
+            wkey = f"{key}{SEP}{part}"
+            if wkey not in wire.tensors:
+                raise ValueError(f"wire state lacks tensor {wkey!r}")
+            t = wire.tensors[wkey]
+            if entry.get("bitcast", {}).get(part) == "bfloat16":
+                t = t.contiguous().view(torch.bfloat16)
+            payload[part] = t
+        out[key] = decoders[name].decompress(Encoded(payload, meta))
+    return out

@@ -1,0 +1,314 @@
+"""Compression of single update tensors for the wire.
+
+Every compressor maps one tensor to an :class:`Encoded` (payload tensors plus JSON-able metadata) and back.
+Byte counts come from :attr:`Encoded.nbytes`: the exact size of the payload tensors, scales included.
+
+Registered compressors (:data:`COMPRESSORS`):
+
+- ``none``: identity, floating tensors sent as fp32.
+- ``fp16`` / ``bf16``: cast to half precision.
+- ``int8`` / ``int4``: symmetric per-tensor quantization with an fp32 absmax scale; int4 packs two values per byte.
+- ``topk``: keep a fraction of entries by magnitude (int32 indices + fp32 values), with error feedback
+  (Stich et al. 2018, "Sparsified SGD with memory"; Karimireddy et al. 2019, "Error feedback fixes SignSGD").
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from fedpeft.errors import ConfigError
+
+__all__ = [
+    "COMPRESSORS",
+    "CastCompressor",
+    "Compressor",
+    "Encoded",
+    "Int4Compressor",
+    "Int8Compressor",
+    "NoneCompressor",
+    "TopKCompressor",
+    "TopKErrorFeedback",
+    "make_compressor",
+]
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """Name of ``dtype`` without the ``torch.`` prefix (e.g. ``"bfloat16"``)."""
+    return str(dtype).removeprefix("torch.")
+
+
+def dtype_from_name(name: str) -> torch.dtype:
+    """Inverse of :func:`dtype_name` for any torch dtype."""
+    dt = getattr(torch, name, None)
+    if not isinstance(dt, torch.dtype):
+        raise ValueError(f"unknown dtype name {name!r}")
+    return dt
+
+
+@dataclass
+class Encoded:
+    """One compressed tensor.
+
+    Attributes
+    ----------
+    payload : dict[str, torch.Tensor]
+        Tensors that travel (values, indices, scales). Their bytes are what :attr:`nbytes` counts.
+    meta : dict[str, Any]
+        JSON-able description: ``compressor``, original ``shape`` and ``dtype``, and compressor-specific fields.
+    """
+
+    payload: dict[str, torch.Tensor]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def nbytes(self) -> int:
+        """Exact bytes of the payload tensors (scales included, metadata excluded)."""
+        return sum(t.numel() * t.element_size() for t in self.payload.values())
+
+
+def _check_tensor(name: str, tensor: torch.Tensor) -> None:
+    if not isinstance(tensor, torch.Tensor):
+        raise ValueError(f"{name}: expected a torch.Tensor, got {type(tensor).__name__}")
+    if not tensor.is_floating_point():
+        raise ValueError(f"{name}: only floating-point tensors can be compressed, got dtype {tensor.dtype}")
+
+
+def _base_meta(compressor: str, tensor: torch.Tensor) -> dict[str, Any]:
+    return {"compressor": compressor, "shape": list(tensor.shape), "dtype": dtype_name(tensor.dtype)}
+
+
+def _check_meta(encoded: Encoded, compressor: str, parts: tuple[str, ...]) -> tuple[list[int], torch.dtype]:
+    if encoded.meta.get("compressor") != compressor:
+        raise ValueError(f"encoded tensor was made by {encoded.meta.get('compressor')!r}, not {compressor!r}")
+    missing = [p for p in parts if p not in encoded.payload]
+    if missing:
+        raise ValueError(f"encoded tensor lacks payload part(s) {missing}")
+    return [int(s) for s in encoded.meta["shape"]], dtype_from_name(encoded.meta["dtype"])
+
+
+class Compressor:
+    """Interface: ``compress(name, tensor) -> Encoded`` and ``decompress(encoded) -> tensor``.
+
+    ``name`` is the state-dict key; stateful compressors (error feedback) keep per-key state under it.
+    ``decompress`` returns a tensor of the original shape and dtype.
+    """
+
+    name: str = ""
+
+    def compress(self, name: str, tensor: torch.Tensor) -> Encoded:
+        raise NotImplementedError
+
+    def decompress(self, encoded: Encoded) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class NoneCompressor(Compressor):
+    """Identity: the tensor travels as fp32 (lossless for fp32/fp16/bf16 inputs)."""
+
+    name = "none"
+
+    def compress(self, name: str, tensor: torch.Tensor) -> Encoded:
+        _check_tensor(name, tensor)
+        return Encoded({"values": tensor.detach().to(torch.float32).contiguous()}, _base_meta(self.name, tensor))
+
+    def decompress(self, encoded: Encoded) -> torch.Tensor:
+        shape, dtype = _check_meta(encoded, self.name, ("values",))
+        return encoded.payload["values"].reshape(shape).to(dtype)
+
+
+class CastCompressor(Compressor):
+    """Cast to a narrower floating dtype (``fp16`` or ``bf16``)."""
+
+    def __init__(self, name: str, wire_dtype: torch.dtype) -> None:
+        self.name = name
+        self.wire_dtype = wire_dtype
+
+    def compress(self, name: str, tensor: torch.Tensor) -> Encoded:
+        _check_tensor(name, tensor)
+        return Encoded({"values": tensor.detach().to(self.wire_dtype).contiguous()}, _base_meta(self.name, tensor))
+
+    def decompress(self, encoded: Encoded) -> torch.Tensor:
+        shape, dtype = _check_meta(encoded, self.name, ("values",))
+        return encoded.payload["values"].reshape(shape).to(dtype)
+
+
+def quantize_symmetric(x: torch.Tensor, qmax: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-tensor quantization.
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        Floating tensor, any shape.
+    qmax : int
+        Largest code magnitude (127 for int8, 7 for int4).
+
+    Returns
+    -------
+    q : torch.Tensor
+        Integer codes in ``[-qmax, qmax]`` (int16), same shape as ``x``.
+    scale : torch.Tensor
+        fp32 scalar, ``absmax(x) / qmax``; ``x ≈ q * scale`` with error at most ``scale / 2``.
+    """
+    xf = x.detach().to(torch.float32)
+    absmax = xf.abs().max() if xf.numel() else torch.zeros(())
+    scale = (absmax / qmax).to(torch.float32).reshape(1)  # (1,)
+    if float(scale) == 0.0:
+        q = torch.zeros_like(xf, dtype=torch.int16)
+    else:
+        q = torch.round(xf / scale).clamp(-qmax, qmax).to(torch.int16)
+    return q, scale
+
+
+class Int8Compressor(Compressor):
+    """int8 codes plus one fp32 scale: ``numel + 4`` bytes."""
+
+    name = "int8"
+
+    def compress(self, name: str, tensor: torch.Tensor) -> Encoded:
+        _check_tensor(name, tensor)
+        q, scale = quantize_symmetric(tensor, 127)
+        return Encoded({"q": q.to(torch.int8).reshape(-1), "scale": scale}, _base_meta(self.name, tensor))
+
+    def decompress(self, encoded: Encoded) -> torch.Tensor:
+        shape, dtype = _check_meta(encoded, self.name, ("q", "scale"))
+        x = encoded.payload["q"].to(torch.float32) * encoded.payload["scale"].to(torch.float32)
+        return x.reshape(shape).to(dtype)
+
+
+def pack_int4(q: torch.Tensor) -> torch.Tensor:
+    """Pack codes in ``[-7, 7]`` two per byte: element ``2i`` in the low nibble, ``2i+1`` in the high nibble.
+
+    ``q`` (n,) integer -> (ceil(n/2),) uint8. Codes are stored offset by 8 (nibble values 1..15).
+    """
+    u = (q.reshape(-1).to(torch.int16) + 8).to(torch.uint8)  # (n,)
+    if u.numel() % 2:
+        u = torch.cat([u, torch.zeros(1, dtype=torch.uint8)])  # (n+1,)
+    pairs = u.reshape(-1, 2)  # (ceil(n/2), 2)
+    return (pairs[:, 0] | (pairs[:, 1] << 4)).contiguous()
+
+
+def unpack_int4(packed: torch.Tensor, n: int) -> torch.Tensor:
+    """Inverse of :func:`pack_int4`: (ceil(n/2),) uint8 -> (n,) int16 codes in ``[-7, 7]``."""
+    lo = (packed & 0x0F).to(torch.int16)
+    hi = ((packed >> 4) & 0x0F).to(torch.int16)
+    return torch.stack([lo, hi], dim=1).reshape(-1)[:n] - 8  # (n,)
+
+
+class Int4Compressor(Compressor):
+    """int4 codes packed two per uint8 plus one fp32 scale: ``ceil(numel/2) + 4`` bytes."""
+
+    name = "int4"
+
+    def compress(self, name: str, tensor: torch.Tensor) -> Encoded:
+        _check_tensor(name, tensor)
+        q, scale = quantize_symmetric(tensor, 7)
+        return Encoded({"q": pack_int4(q), "scale": scale}, _base_meta(self.name, tensor))
+
+    def decompress(self, encoded: Encoded) -> torch.Tensor:
+        shape, dtype = _check_meta(encoded, self.name, ("q", "scale"))
+        n = math.prod(shape)
+        q = unpack_int4(encoded.payload["q"], n)
+        x = q.to(torch.float32) * encoded.payload["scale"].to(torch.float32)
+        return x.reshape(shape).to(dtype)
+
+
+def topk_select(x: torch.Tensor, ratio: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Entries of largest magnitude.
+
+    ``x`` (n,) fp32 -> ``indices`` (k,) int32 into ``x`` and ``values`` (k,) fp32, with ``k = max(1, ceil(ratio*n))``
+    (0 for an empty tensor).
+    """
+    n = x.numel()
+    k = min(n, max(1, math.ceil(ratio * n))) if n else 0
+    idx = torch.topk(x.abs(), k, sorted=False).indices if k else torch.zeros(0, dtype=torch.int64)
+    idx = torch.sort(idx).values
+    return idx.to(torch.int32), x[idx].to(torch.float32)
+
+
+class TopKCompressor(Compressor):
+    """Top-k sparsification without memory: ``k`` int32 indices + ``k`` fp32 values (8k bytes)."""
+
+    name = "topk"
+
+    def __init__(self, ratio: float = 0.1) -> None:
+        if not isinstance(ratio, (int, float)) or isinstance(ratio, bool) or not 0.0 < float(ratio) <= 1.0:
+            raise ConfigError("compression.ratio", ratio, "a number in (0, 1]")
+        self.ratio = float(ratio)
+
+    def _encode(self, tensor: torch.Tensor, flat: torch.Tensor) -> Encoded:
+        idx, vals = topk_select(flat, self.ratio)
+        meta = _base_meta(self.name, tensor)
+        meta["ratio"] = self.ratio
+        return Encoded({"indices": idx, "values": vals}, meta)
+
+    def compress(self, name: str, tensor: torch.Tensor) -> Encoded:
+        _check_tensor(name, tensor)
+        return self._encode(tensor, tensor.detach().to(torch.float32).reshape(-1))
+
+    def decompress(self, encoded: Encoded) -> torch.Tensor:
+        shape, dtype = _check_meta(encoded, self.name, ("indices", "values"))
+        out = torch.zeros(math.prod(shape), dtype=torch.float32)  # (n,)
+        out[encoded.payload["indices"].to(torch.int64)] = encoded.payload["values"].to(torch.float32)
+        return out.reshape(shape).to(dtype)
+
+
+class TopKErrorFeedback(TopKCompressor):
+    """Top-k with error feedback: a per-key fp32 residual is added before selection, and what was not sent is kept.
+
+    Invariant each call: ``decompress(compress(k, x)) + residual_after == x + residual_before`` (exactly, in fp32).
+    """
+
+    def __init__(self, ratio: float = 0.1) -> None:
+        super().__init__(ratio)
+        self.residuals: dict[str, torch.Tensor] = {}
+
+    def compress(self, name: str, tensor: torch.Tensor) -> Encoded:
+        _check_tensor(name, tensor)
+        flat = tensor.detach().to(torch.float32).reshape(-1)  # (n,)
+        prev = self.residuals.get(name)
+        if prev is not None:
+            if prev.shape != flat.shape:
+                raise ValueError(f"{name}: tensor has {flat.numel()} entries but its residual has {prev.numel()}")
+            flat = flat + prev
+        enc = self._encode(tensor, flat)
+        residual = flat.clone()
+        residual[enc.payload["indices"].to(torch.int64)] = 0.0
+        self.residuals[name] = residual
+        return enc
+
+    def residual(self, name: str) -> torch.Tensor | None:
+        """The flat fp32 residual kept for ``name`` (None before its first compression)."""
+        return self.residuals.get(name)
+
+    def reset(self) -> None:
+        """Forget all residuals."""
+        self.residuals.clear()
+
+
+def _topk_factory(ratio: float = 0.1, error_feedback: bool = True) -> Compressor:
+    return TopKErrorFeedback(ratio) if error_feedback else TopKCompressor(ratio)
+
+
+COMPRESSORS: dict[str, Callable[..., Compressor]] = {
+    "none": NoneCompressor,
+    "fp16": lambda: CastCompressor("fp16", torch.float16),
+    "bf16": lambda: CastCompressor("bf16", torch.bfloat16),
+    "int8": Int8Compressor,
+    "int4": Int4Compressor,
+    "topk": _topk_factory,
+}
+
+
+def make_compressor(name: str, **kwargs: Any) -> Compressor:
+    """Build a registered compressor; unknown names raise :class:`ConfigError` listing the allowed ones."""
+    if name not in COMPRESSORS:
+        raise ConfigError("compression.name", name, sorted(COMPRESSORS))
+    try:
+        return COMPRESSORS[name](**kwargs)
+    except TypeError as exc:
+        raise ConfigError("compression", kwargs, f"options accepted by {name!r} ({exc})") from exc
