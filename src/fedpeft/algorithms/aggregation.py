@@ -17,7 +17,7 @@ Contents
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -133,24 +133,24 @@ def _check_pair(a: Mapping[str, Tensor], b: Mapping[str, Tensor], a_name: str, b
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def state_add(a: Mapping[str, Tensor], b: Mapping[str, Tensor]) -> State:
-    """``a + b`` key by key; the result has ``a``'s dtypes."""
+def _elementwise(a: Mapping[str, Tensor], b: Mapping[str, Tensor], op: Callable[[Tensor, Tensor], Tensor]) -> State:
+    """``op(a, b)`` key by key in the compute dtype; the result has ``a``'s dtypes."""
     keys = _check_pair(a, b, "a", "b")
     out: State = {}
     for k in keys:
         cd = _compute_dtype(a[k].dtype)
-        out[k] = (a[k].to(cd) + b[k].to(cd)).to(a[k].dtype)
+        out[k] = op(a[k].to(cd), b[k].to(cd)).to(a[k].dtype)
     return out
+
+
+def state_add(a: Mapping[str, Tensor], b: Mapping[str, Tensor]) -> State:
+    """``a + b`` key by key; the result has ``a``'s dtypes."""
+    return _elementwise(a, b, torch.add)
 
 
 def state_sub(a: Mapping[str, Tensor], b: Mapping[str, Tensor]) -> State:
     """``a - b`` key by key; the result has ``a``'s dtypes. ``state_sub(aggregated, global)`` is the pseudo-gradient."""
-    keys = _check_pair(a, b, "a", "b")
-    out: State = {}
-    for k in keys:
-        cd = _compute_dtype(a[k].dtype)
-        out[k] = (a[k].to(cd) - b[k].to(cd)).to(a[k].dtype)
-    return out
+    return _elementwise(a, b, torch.sub)
 
 
 def state_scale(state: Mapping[str, Tensor], factor: float) -> State:

@@ -30,7 +30,6 @@ __all__ = [
     "Encoded",
     "Int4Compressor",
     "Int8Compressor",
-    "NoneCompressor",
     "TopKCompressor",
     "TopKErrorFeedback",
     "make_compressor",
@@ -107,22 +106,8 @@ class Compressor:
         raise NotImplementedError
 
 
-class NoneCompressor(Compressor):
-    """Identity: the tensor travels as fp32 (lossless for fp32/fp16/bf16 inputs)."""
-
-    name = "none"
-
-    def compress(self, name: str, tensor: torch.Tensor) -> Encoded:
-        _check_tensor(name, tensor)
-        return Encoded({"values": tensor.detach().to(torch.float32).contiguous()}, _base_meta(self.name, tensor))
-
-    def decompress(self, encoded: Encoded) -> torch.Tensor:
-        shape, dtype = _check_meta(encoded, self.name, ("values",))
-        return encoded.payload["values"].reshape(shape).to(dtype)
-
-
 class CastCompressor(Compressor):
-    """Cast to a narrower floating dtype (``fp16`` or ``bf16``)."""
+    """Cast to a wire dtype: ``fp16`` / ``bf16``, or ``none`` = fp32 (lossless for fp32/fp16/bf16 inputs)."""
 
     def __init__(self, name: str, wire_dtype: torch.dtype) -> None:
         self.name = name
@@ -295,7 +280,7 @@ def _topk_factory(ratio: float = 0.1, error_feedback: bool = True) -> Compressor
 
 
 COMPRESSORS: dict[str, Callable[..., Compressor]] = {
-    "none": NoneCompressor,
+    "none": lambda: CastCompressor("none", torch.float32),
     "fp16": lambda: CastCompressor("fp16", torch.float16),
     "bf16": lambda: CastCompressor("bf16", torch.bfloat16),
     "int8": Int8Compressor,
