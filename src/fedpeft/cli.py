@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from fedpeft.errors import FedPeftError
+from fedpeft.errors import ConfigError, FedPeftError
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -26,6 +26,16 @@ def cmd_list(args: argparse.Namespace) -> int:
     print("Datasets:")
     for name, ds in DATASETS.items():
         print(f"  {name:<22} {ds.task_type:<15} {ds.description}")
+    from fedpeft.algorithms import get_algorithm
+    from fedpeft.registry import ALGORITHMS
+    from fedpeft.runtime.run import _runtimes
+
+    get_algorithm("fedavg")  # importing registers the built-in algorithms
+    print("Algorithms:")
+    for name, cls in ALGORITHMS.items():
+        doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+        print(f"  {name:<16} {doc}")
+    print("Runtimes: " + ", ".join(sorted(_runtimes())))
     return 0
 
 
@@ -46,6 +56,90 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_run_table(summary: dict) -> None:
+    """The final table of a federated run: metrics at round 0, at the end, and the best round."""
+    initial, final, best = summary.get("initial", {}), summary.get("final", {}), summary.get("best", {})
+    print(f"\n{'metric':<14}{'round 0':>10}{'final':>10}")
+    for key, value in final.items():
+        if isinstance(value, (int, float)):
+            print(f"{key:<14}{initial.get(key, float('nan')):>10.4f}{value:>10.4f}")
+    if best:
+        key = next(k for k in best if k != "round")
+        print(f"best {key} {best[key]:.4f} at round {best['round']}")
+    up, down = summary["bytes_up"] / 2**20, summary["bytes_down"] / 2**20
+    print(
+        f"{summary['algorithm']} on {summary['runtime']}: {summary['rounds']} rounds x {summary['clients_per_round']}"
+        f"/{summary['num_clients']} clients, {summary['trainable_params']} trainable params, "
+        f"{up:.2f} MiB up, {down:.2f} MiB down, {summary['wall_s']} s"
+    )
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Federated fine-tuning of a recipe (or --resume a run); prints a table and the run directory last."""
+    from fedpeft.config import RunConfig, load_config
+    from fedpeft.runtime import run_federated
+
+    if args.resume is not None and (args.recipe is not None or args.set):
+        raise ConfigError("--resume", str(args.resume), "a run directory alone (its saved config is used)")
+    cfg = None if args.resume is not None else load_config(RunConfig, args.recipe, args.set)
+    run = run_federated(cfg, runtime=args.runtime, resume=args.resume, quiet=args.quiet)
+    summary = json.loads((run.path / "summary.json").read_text())
+    report = _write_report(run.path)
+    if not args.quiet:
+        _print_run_table(summary)
+        if report is not None:
+            print(f"report: {report}")
+    print(run.path)
+    return 0
+
+
+def _write_report(run_dir: Path) -> Path | None:
+    from fedpeft.reports import write_report
+
+    return write_report(run_dir)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Write the HTML/PNG report of one run, or a comparison table and plot of several."""
+    from fedpeft.reports import compare_runs, format_table, load_run, write_report
+
+    if len(args.runs) == 1:
+        print(write_report(args.runs[0]))
+        return 0
+    out = args.out or Path("reports") / "comparison"
+    path = compare_runs(args.runs, out)
+    print(format_table([load_run(r) for r in args.runs]))
+    print(path)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Export a run's global adapter (Hugging Face PEFT format) or the merged model."""
+    from fedpeft.runtime.export import export_run
+
+    out = args.out or args.run_dir / ("merged" if args.merge else "export")
+    print(export_run(args.run_dir, out, merge=args.merge, round=args.round))
+    return 0
+
+
+def _add_run_args(p: argparse.ArgumentParser) -> None:
+    _add_recipe_args(p)
+    p.add_argument("--runtime", choices=["local", "flower-sim"], help="override federation.runtime")
+    p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue a killed run from its last checkpoint")
+
+
+def _add_report_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR")
+    p.add_argument("--out", type=Path, help="folder for the comparison of several runs (default reports/comparison)")
+
+
+def _add_export_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    p.add_argument("--merge", action="store_true", help="fold the adapter into the base weights (a plain HF model)")
+    p.add_argument("--round", type=int, help="export adapters/round_NNNN instead of the final adapter")
+    p.add_argument("--out", type=Path, help="output folder (default RUN_DIR/export or RUN_DIR/merged)")
+
+
 def _add_recipe_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("recipe", nargs="?", type=Path, help="TOML recipe (see recipes/)")
     p.add_argument(
@@ -58,7 +152,10 @@ COMMANDS: dict[
     str, tuple[Callable[[argparse.Namespace], int], str, Callable[[argparse.ArgumentParser], None] | None]
 ] = {
     "list": (cmd_list, "list registered PEFT methods, models and datasets", None),
+    "run": (cmd_run, "federated fine-tuning of a recipe (local or flower-sim runtime)", _add_run_args),
     "finetune": (cmd_finetune, "centralized PEFT fine-tuning of a recipe", _add_recipe_args),
+    "report": (cmd_report, "HTML/PNG report of a run, or a comparison of several", _add_report_args),
+    "export": (cmd_export, "export a run's adapter (HF PEFT format) or the merged model", _add_export_args),
 }
 
 

@@ -103,6 +103,129 @@ class JobConfig:
                 raise ConfigError("train.loss", "label_words", "'lm' for generation datasets (no label words)")
 
 
+RUNTIMES = ("local", "flower-sim")
+
+
+@dataclass
+class FederationConfig:
+    """The federation: algorithm, rounds, clients, how data is split, and what the server checks.
+
+    ``partition`` / ``alpha`` / ``partition_by`` / ``shards_per_client`` / ``min_partition_size`` describe the split of
+    the training data over ``num_clients`` (see :class:`fedpeft.data.PartitionConfig`; seeded by the job seed).
+    Each client keeps ``local_test_fraction`` of its partition as a local test split for per-client evaluation.
+    ``fraction`` of the clients (at least one) is sampled each round with a generator seeded by (seed, round).
+    """
+
+    algorithm: str = "fedavg"
+    rounds: int = 10
+    num_clients: int = 10
+    fraction: float = 1.0
+    partition: str = "dirichlet"
+    alpha: float = 0.5
+    partition_by: str = "label"
+    shards_per_client: int = 2
+    min_partition_size: int = 8
+    local_test_fraction: float = 0.1
+    eval_every: int = 1  # global eval (server side) every N rounds; the last round is always evaluated
+    client_eval_every: int = 0  # per-client eval of the global adapter on local test splits every N rounds; 0 = off
+    client_eval_limit: int = 64  # at most this many local test examples per client
+    max_update_norm: float | None = None  # reject client updates with a larger L2 norm
+    timeout: float | None = None  # seconds to wait for replies in a round (None = wait for all)
+    runtime: str = "local"
+    save_adapters_every: int = 1  # write adapters/round_NNNN every N rounds (0 = only the final adapter)
+
+    def __post_init__(self) -> None:
+        for name in ("rounds", "num_clients", "eval_every", "client_eval_limit"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"federation.{name}", value, "an integer >= 1")
+        for name in ("client_eval_every", "save_adapters_every"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigError(f"federation.{name}", value, "an integer >= 0")
+        if not 0 < self.fraction <= 1:
+            raise ConfigError("federation.fraction", self.fraction, "a number in (0, 1]")
+        if not 0 <= self.local_test_fraction < 1:
+            raise ConfigError("federation.local_test_fraction", self.local_test_fraction, "a number in [0, 1)")
+        if self.max_update_norm is not None and not self.max_update_norm > 0:
+            raise ConfigError("federation.max_update_norm", self.max_update_norm, "a number > 0 or omitted")
+        if self.timeout is not None and not self.timeout > 0:
+            raise ConfigError("federation.timeout", self.timeout, "a number of seconds > 0 or omitted")
+        if self.runtime not in RUNTIMES:
+            raise ConfigError("federation.runtime", self.runtime, RUNTIMES)
+        try:
+            self.partition_config(0)
+        except ConfigError as exc:
+            field_map = {"scheme": "partition", "by": "partition_by"}
+            raise exc.renamed(f"federation.{field_map.get(exc.field, exc.field)}") from None
+
+    @property
+    def clients_per_round(self) -> int:
+        return max(1, round(self.fraction * self.num_clients))
+
+    def partition_config(self, seed: int) -> Any:
+        from fedpeft.data.partition import PartitionConfig
+
+        return PartitionConfig(
+            scheme=self.partition,  # type: ignore[arg-type]
+            num_clients=self.num_clients,
+            alpha=self.alpha,
+            by=self.partition_by,  # type: ignore[arg-type]
+            shards_per_client=self.shards_per_client,
+            min_partition_size=self.min_partition_size,
+            seed=seed,
+        )
+
+
+@dataclass
+class CommConfig:
+    """Wire compression of what travels: ``up`` (client updates) and ``down`` (the global adapter).
+
+    ``none`` sends fp32; ``fp16`` / ``bf16`` cast; ``int8`` / ``int4`` quantize with a per-tensor scale; ``topk``
+    (uplink only) sends the ``topk_ratio`` largest entries, with error feedback kept on the client when
+    ``error_feedback``. Bytes are counted from the encoded payload whatever the setting.
+    """
+
+    up: str = "none"
+    down: str = "none"
+    topk_ratio: float = 0.1
+    error_feedback: bool = True
+
+    def __post_init__(self) -> None:
+        from fedpeft.comm.compression import COMPRESSORS
+
+        if self.up not in COMPRESSORS:
+            raise ConfigError("comm.up", self.up, sorted(COMPRESSORS))
+        down_allowed = sorted(n for n in COMPRESSORS if n != "topk")
+        if self.down not in down_allowed:
+            raise ConfigError("comm.down", self.down, down_allowed)
+        if not 0 < self.topk_ratio <= 1:
+            raise ConfigError("comm.topk_ratio", self.topk_ratio, "a number in (0, 1]")
+
+
+@dataclass
+class RunConfig(JobConfig):
+    """A federated job: the centralized job's model/data/adapter/train (``train`` = each client's local steps per
+    round) plus the federation, the wire, and the algorithm's own table ``[algorithm]`` (typed by the registered
+    algorithm's config class, so its fields are validated like the rest)."""
+
+    name: str = "fed"
+    federation: FederationConfig = field(default_factory=FederationConfig)
+    comm: CommConfig = field(default_factory=CommConfig)
+    algorithm: Any = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        from fedpeft.algorithms import get_algorithm
+
+        algo = get_algorithm(self.federation.algorithm, field="federation.algorithm")
+        if isinstance(self.algorithm, dict):
+            self.algorithm = from_dict(algo.config_cls, self.algorithm, "algorithm")
+        elif not isinstance(self.algorithm, algo.config_cls):
+            raise ConfigError("algorithm", type(self.algorithm).__name__, f"a {algo.config_cls.__name__} table")
+        algo.check_config(self)
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Building dataclasses from plain dicts (TOML) with field-level errors.
 

@@ -30,7 +30,11 @@ class ConfigError(FedPeftError, ValueError):
 
     def prefixed(self, prefix: str) -> ConfigError:
         """The same error with ``prefix.`` in front of the field (a nested config reporting its full path)."""
-        err = ConfigError(f"{prefix}.{self.field}", self.value)
+        return self.renamed(f"{prefix}.{self.field}")
+
+    def renamed(self, field: str) -> ConfigError:
+        """The same error reported under another field name (e.g. the recipe's name for a library argument)."""
+        err = ConfigError(field, self.value)
         err.detail = self.detail
         err.args = (f"{err.field}={self.value!r} is invalid{self.detail}",)
         return err

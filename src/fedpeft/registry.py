@@ -13,6 +13,7 @@ from fedpeft.errors import ConfigError
 
 if TYPE_CHECKING:  # the registries are typed without importing the subpackages (they import us)
     from fedpeft.adapters.base import PeftMethod
+    from fedpeft.algorithms.base import Algorithm
     from fedpeft.data.base import DatasetSpec
     from fedpeft.models.hub import ModelSpec
 
@@ -64,6 +65,7 @@ class Registry(Generic[T]):
 PEFT_METHODS: Registry[PeftMethod] = Registry("peft method")
 DATASETS: Registry[DatasetSpec] = Registry("dataset")
 MODELS: Registry[ModelSpec] = Registry("model")
+ALGORITHMS: Registry[type[Algorithm]] = Registry("algorithm")
 
 
 def register_peft(method: PeftMethod) -> PeftMethod:
@@ -79,3 +81,13 @@ def register_dataset(spec: DatasetSpec) -> DatasetSpec:
 def register_model(spec: ModelSpec) -> ModelSpec:
     """Register a model short name (bundled checkpoints) under ``spec.name``."""
     return MODELS.register(spec.name, spec)
+
+
+def register_algorithm(name: str) -> Callable[[type[Algorithm]], type[Algorithm]]:
+    """Class decorator: register a federated algorithm (a subclass of ``fedpeft.algorithms.base.Algorithm``)."""
+
+    def wrap(cls: type[Algorithm]) -> type[Algorithm]:
+        cls.name = name
+        return ALGORITHMS.register(name, cls)
+
+    return wrap

@@ -1,4 +1,5 @@
-"""Federated algorithms; for now the server-side aggregation maths shared by all of them.
+"""Federated algorithms: the contract (:mod:`fedpeft.algorithms.base`), the registered algorithms, and the
+server-side aggregation maths shared by all of them.
 
 :mod:`fedpeft.algorithms.aggregation` holds state arithmetic, FedAvg / robust aggregators and the FedOpt server
 optimizers; :mod:`fedpeft.algorithms.lora_aggregation` the LoRA-specific variants (FedIT, FFA-LoRA, FLoRA, HetLoRA,
@@ -25,6 +26,7 @@ from fedpeft.algorithms.aggregation import (
     trimmed_mean,
     weighted_average,
 )
+from fedpeft.algorithms.base import Algorithm, ClientApp, ClientContext, Grid, Msg, Reply, ServerContext
 from fedpeft.algorithms.lora_aggregation import (
     average_ab,
     average_frozen_a,
@@ -36,14 +38,30 @@ from fedpeft.algorithms.lora_aggregation import (
     zero_pad_aggregate,
 )
 
+
+def get_algorithm(name: str, field: str = "federation.algorithm") -> type[Algorithm]:
+    """The registered algorithm class ``name``; an unknown name raises ConfigError listing the registered ones."""
+    import fedpeft.algorithms.fedavg  # noqa: F401  (importing registers the built-in algorithms)
+    from fedpeft.registry import ALGORITHMS
+
+    return ALGORITHMS.get(name, field)
+
+
 __all__ = [
     "SERVER_OPTIMIZERS",
     "AggregationError",
+    "Algorithm",
+    "ClientApp",
+    "ClientContext",
     "FedAdagrad",
     "FedAdam",
     "FedAvgM",
     "FedAvgServer",
     "FedYogi",
+    "Grid",
+    "Msg",
+    "Reply",
+    "ServerContext",
     "ServerOptimizer",
     "State",
     "average_ab",
@@ -51,6 +69,7 @@ __all__ = [
     "check_update",
     "clip_update",
     "coordinate_median",
+    "get_algorithm",
     "lora_deltas",
     "lora_pairs",
     "stack_lora",

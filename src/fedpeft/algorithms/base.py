@@ -1,0 +1,355 @@
+"""The federated contract: an algorithm is a server program plus client handlers exchanging typed messages.
+
+Runtimes (``fedpeft.runtime.local``, ``fedpeft.runtime.flower``) only deliver messages; they know nothing about
+algorithms. An algorithm subclasses :class:`Algorithm` (the round loop, evaluation, checkpoints and update validation
+are written once here) and names a :class:`ClientApp` whose handlers run on the clients. Multi-step protocols
+(selection then training, split-learning forward/backward exchanges, server work between rounds) are plain code in
+the algorithm's :meth:`Algorithm.fit_round`, which may call :meth:`Grid.send_and_receive` as often as it needs.
+See docs/architecture.md for how the five techniques map onto it.
+"""
+
+from __future__ import annotations
+
+import abc
+import hashlib
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+
+import torch
+from torch import Tensor
+
+from fedpeft.algorithms.aggregation import AggregationError, State, check_update, state_norm, state_sub
+from fedpeft.comm.ledger import ByteLedger
+from fedpeft.errors import ConfigError
+
+if TYPE_CHECKING:
+    from fedpeft.config import RunConfig
+
+Scalar = int | float | str | bool
+#: Flower's rule for message types, kept here so every algorithm is portable to Flower: ``train``, ``evaluate``,
+#: ``query``, or one of them followed by ``.<identifier>``.
+ACTION_RE = re.compile(r"^(train|evaluate|query)(\.[A-Za-z_][A-Za-z0-9_]*)?$")
+
+
+def derive_seed(*parts: int | str) -> int:
+    """A stable 63-bit seed from ``parts`` (e.g. job seed, round, client): independent streams, no global RNG."""
+    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & (2**63 - 1)
+
+
+@dataclass
+class Msg:
+    """A runtime-independent message: ``flwr.Message`` cannot be built outside a Flower run, so algorithms use this
+    and the Flower runtime converts at its boundary.
+
+    Attributes
+    ----------
+    action : str
+        ``train``, ``evaluate``, ``query`` or ``<one of them>.<name>`` (e.g. ``train.fltac``).
+    arrays : dict[str, Tensor]
+        Tensors that travel; the runtime encodes (and compresses) them and counts their bytes.
+    config : dict[str, Scalar]
+        Small settings (round, learning rate, rank, ...).
+    metrics : dict[str, float]
+        Numbers reported back (``num_examples``, ``loss``, ``accuracy``, ...).
+    """
+
+    action: str
+    arrays: dict[str, Tensor] = field(default_factory=dict)
+    config: dict[str, Scalar] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not ACTION_RE.match(self.action):
+            raise ValueError(f"message action {self.action!r} is invalid; expected train|evaluate|query[.<identifier>]")
+
+
+@dataclass
+class Reply:
+    """What came back from one client: its message, or the error that replaced it (exception, timeout)."""
+
+    client_id: int
+    msg: Msg | None
+    error: str | None = None
+    bytes_up: int = 0
+    bytes_down: int = 0
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.msg is not None
+
+
+class Grid(Protocol):
+    """What a runtime offers the server program."""
+
+    ledger: ByteLedger  # every transfer, filled from the codec's byte counts
+
+    def client_ids(self) -> list[int]:
+        """Ids of the clients that can be addressed (``0 .. num_clients-1``)."""
+        ...
+
+    def send_and_receive(
+        self, messages: Sequence[tuple[int, Msg]], *, round: int, timeout: float | None = None
+    ) -> list[Reply]:
+        """Deliver ``(client_id, msg)`` pairs, wait for the replies; one :class:`Reply` per message, sorted by
+        client id (a client that failed or timed out gets a Reply with ``error`` set). Bytes go to the ledger."""
+        ...
+
+
+@dataclass
+class ClientData:
+    """One client's encoded examples: ``train`` (its partition minus the local test split) and ``test``."""
+
+    train: Sequence[Mapping[str, Any]]
+    test: Sequence[Mapping[str, Any]]
+    word_ids: Tensor | None
+    collate: Callable[[Sequence[Mapping[str, Any]]], dict[str, Tensor]]
+    eval_mode: str
+
+
+@dataclass
+class ClientContext:
+    """Everything a client handler may use. ``state`` persists across rounds for this client (tensors and scalars
+    only, so that it maps onto Flower's ``context.state``); ``model`` is the shared base with the adapter attached."""
+
+    client_id: int
+    model: torch.nn.Module
+    data: ClientData
+    state: dict[str, Any]
+    cfg: RunConfig
+
+    def generator(self, round: int, *salt: int | str) -> torch.Generator:
+        """A generator seeded by (job seed, round, client, salt): the same on every runtime and after resume."""
+        return torch.Generator().manual_seed(derive_seed(self.cfg.seed, round, self.client_id, *salt))
+
+
+Handler = Callable[[ClientContext, Msg], Msg]
+
+
+class ClientApp:
+    """The client side of an algorithm: handlers registered by action name (no if/elif on strings).
+
+    Define it at module level (``app = ClientApp("fedavg")`` + ``@app.on("train")``) so that Flower workers import
+    it by reference and keep their cached model between messages.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._handlers: dict[str, Handler] = {}
+
+    def on(self, action: str) -> Callable[[Handler], Handler]:
+        """Decorator registering a handler for ``action`` (validated like :class:`Msg` actions)."""
+        if not ACTION_RE.match(action):
+            raise ValueError(f"action {action!r} is invalid; expected train|evaluate|query[.<identifier>]")
+
+        def wrap(fn: Handler) -> Handler:
+            if action in self._handlers:
+                raise ValueError(f"client app {self.name!r} already handles {action!r}")
+            self._handlers[action] = fn
+            return fn
+
+        return wrap
+
+    def include(self, other: ClientApp) -> None:
+        """Add ``other``'s handlers (an algorithm extending another reuses its client handlers)."""
+        for action, fn in other._handlers.items():
+            self.on(action)(fn)
+
+    @property
+    def actions(self) -> list[str]:
+        return sorted(self._handlers)
+
+    def handle(self, ctx: ClientContext, msg: Msg) -> Msg:
+        try:
+            handler = self._handlers[msg.action]
+        except KeyError:
+            raise ValueError(
+                f"client app {self.name!r} has no handler for {msg.action!r}; it handles {self.actions}"
+            ) from None
+        return handler(ctx, msg)
+
+
+@dataclass
+class ServerContext:
+    """What the runtime gives the server program: config, the initial adapter, the server-side evaluator and the
+    run directory's writers (a runtime-independent view, so the same algorithm runs everywhere)."""
+
+    cfg: RunConfig
+    initial_state: State
+    evaluate: Callable[[State], dict[str, float]]
+    log: Callable[..., None]
+    save_adapter: Callable[[State, str], None]
+    checkpoint: Callable[[int, dict[str, Any]], None]
+    on_round: Callable[[int, dict[str, Any]], None] = lambda rnd, info: None
+
+
+@dataclass
+class Accepted:
+    """A validated client reply: its arrays (usually an update), weight and metrics."""
+
+    client_id: int
+    arrays: State
+    num_examples: int
+    metrics: dict[str, float]
+
+
+PRIMARY_METRICS = (("accuracy", max), ("rouge_l", max), ("perplexity", min), ("loss", min))
+
+
+def primary_metric(metrics: Mapping[str, float]) -> tuple[str, Callable[..., Any]] | None:
+    """The metric that ranks rounds (accuracy, else Rouge-L, else perplexity or loss) and whether max or min wins."""
+    for name, better in PRIMARY_METRICS:
+        if name in metrics:
+            return name, better
+    return None
+
+
+class Algorithm(abc.ABC):
+    """The server program. The round loop is written once in :meth:`run`; algorithms implement
+    :meth:`fit_round` and :meth:`global_state`, and may override :meth:`evaluate_clients`, :meth:`state_dict` /
+    :meth:`load_state_dict` (what a checkpoint must hold) and :meth:`check_config` (cross-field checks).
+    """
+
+    name: ClassVar[str] = ""
+    config_cls: ClassVar[type] = dict
+    client_app: ClassVar[ClientApp]
+
+    def __init__(self, cfg: RunConfig, server: ServerContext) -> None:
+        self.cfg = cfg
+        self.opts = cfg.algorithm
+        self.server = server
+        self.history: list[dict[str, Any]] = []  # global eval per evaluated round (round 0 = before training)
+
+    # ------------------------------------------------------------------ hooks
+    @classmethod
+    def check_config(cls, cfg: RunConfig) -> None:
+        """Cross-field checks of a whole run config (raise ConfigError); called while the config is built."""
+        return None  # nothing to check by default
+
+    @abc.abstractmethod
+    def fit_round(self, rnd: int, grid: Grid) -> dict[str, Any]:
+        """Run one round (any number of exchanges); return fields for the ``round`` event."""
+
+    @abc.abstractmethod
+    def global_state(self) -> State:
+        """The adapter state that is evaluated, saved per round and exported."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a checkpoint must hold to continue after this round (tensors and plain data)."""
+        return {"history": self.history}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.history = list(state["history"])
+
+    # ------------------------------------------------------------------ shared steps
+    def sample_clients(self, rnd: int, ids: Sequence[int]) -> list[int]:
+        """``clients_per_round`` distinct ids, drawn with a generator seeded by (seed, round): resumable."""
+        k = min(self.cfg.federation.clients_per_round, len(ids))
+        if k >= len(ids):
+            return sorted(ids)
+        gen = torch.Generator().manual_seed(derive_seed(self.cfg.seed, rnd, "sample"))
+        chosen = torch.randperm(len(ids), generator=gen)[:k].tolist()
+        return sorted(ids[i] for i in chosen)
+
+    def collect(
+        self,
+        rnd: int,
+        grid: Grid,
+        messages: Sequence[tuple[int, Msg]],
+        reference: Callable[[int], Mapping[str, Tensor]] | None = None,
+        event: str = "client_train",
+    ) -> list[Accepted]:
+        """Send, receive, validate. Failed clients are logged (``failure``); updates that fail validation (keys and
+        shapes of ``reference(client)``, floating dtype, finite values, ``max_update_norm``) are logged
+        (``rejected``) and never returned, so they are never aggregated."""
+        replies = grid.send_and_receive(messages, round=rnd, timeout=self.cfg.federation.timeout)
+        accepted: list[Accepted] = []
+        for r in replies:
+            if not r.ok:
+                self.server.log("failure", round=rnd, client=r.client_id, reason=str(r.error)[-500:])
+                continue
+            assert r.msg is not None
+            try:
+                num = r.msg.metrics.get("num_examples", 1)
+                if not (isinstance(num, (int, float)) and num > 0):
+                    raise AggregationError(f"num_examples={num!r}; expected a positive number")
+                ref = reference(r.client_id) if reference is not None else None
+                check_update(
+                    r.msg.arrays, ref, max_norm=self.cfg.federation.max_update_norm, name=f"client {r.client_id}"
+                )
+            except AggregationError as exc:
+                self.server.log("rejected", round=rnd, client=r.client_id, reason=str(exc))
+                continue
+            m = dict(r.msg.metrics)
+            self.server.log(
+                event,
+                round=rnd,
+                client=r.client_id,
+                bytes_up=r.bytes_up,
+                bytes_down=r.bytes_down,
+                **m,
+            )
+            accepted.append(Accepted(r.client_id, dict(r.msg.arrays), int(num), m))
+        return accepted
+
+    def evaluate_clients(self, rnd: int, grid: Grid) -> None:
+        """Per-client evaluation of the global adapter on each client's local test split (``evaluate`` action)."""
+        global_state = self.global_state()
+        limit = self.cfg.federation.client_eval_limit
+        msgs = [(c, Msg("evaluate", global_state, {"round": rnd, "limit": limit})) for c in grid.client_ids()]
+        for r in grid.send_and_receive(msgs, round=rnd, timeout=self.cfg.federation.timeout):
+            if r.ok and r.msg is not None:
+                self.server.log("client_eval", round=rnd, client=r.client_id, **r.msg.metrics)
+            else:
+                self.server.log("failure", round=rnd, client=r.client_id, reason=str(r.error)[-500:])
+
+    def _evaluate(self, rnd: int) -> dict[str, float]:
+        metrics = self.server.evaluate(self.global_state())
+        self.history.append({"round": rnd, **metrics})
+        self.server.log("eval", round=rnd, **metrics)
+        return metrics
+
+    # ------------------------------------------------------------------ the loop
+    def run(self, grid: Grid, start_round: int = 1) -> dict[str, Any]:
+        """Rounds ``start_round .. rounds``: fit, evaluate, save the adapter, checkpoint. Returns the summary's
+        ``initial`` / ``final`` / ``best`` metrics."""
+        fed = self.cfg.federation
+        if start_round == 1:
+            self._evaluate(0)
+        for rnd in range(start_round, fed.rounds + 1):
+            t0 = time.perf_counter()
+            before = self.global_state()
+            info = self.fit_round(rnd, grid)
+            after = self.global_state()
+            if "update_norm" not in info and before.keys() == after.keys():
+                info["update_norm"] = state_norm(state_sub(after, before))
+            if rnd % fed.eval_every == 0 or rnd == fed.rounds:
+                info["eval"] = self._evaluate(rnd)
+            if fed.client_eval_every and (rnd % fed.client_eval_every == 0 or rnd == fed.rounds):
+                self.evaluate_clients(rnd, grid)
+            info["bytes_up"] = grid.ledger.per_round("up").get(rnd, 0)
+            info["bytes_down"] = grid.ledger.per_round("down").get(rnd, 0)
+            info["seconds"] = round(time.perf_counter() - t0, 3)
+            self.server.log("round", round=rnd, **{k: v for k, v in info.items() if k != "eval"})
+            if fed.save_adapters_every and (rnd % fed.save_adapters_every == 0 or rnd == fed.rounds):
+                self.server.save_adapter(after, f"adapters/round_{rnd:04d}")
+            self.server.checkpoint(rnd, self.state_dict())
+            self.server.on_round(rnd, info)
+        return self.results()
+
+    def results(self) -> dict[str, Any]:
+        """``initial`` / ``final`` / ``best`` global metrics from the evaluation history."""
+        if not self.history:
+            raise ConfigError("federation.rounds", self.cfg.federation.rounds, "at least one evaluated round")
+        strip = lambda h: {k: v for k, v in h.items() if k != "round"}  # noqa: E731
+        out: dict[str, Any] = {"initial": strip(self.history[0]), "final": strip(self.history[-1])}
+        prim = primary_metric(out["final"])
+        if prim is not None:
+            key, better = prim
+            best = better(self.history[1:] or self.history, key=lambda h: h[key])
+            out["best"] = {key: best[key], "round": best["round"]}
+        return out

@@ -1,0 +1,95 @@
+"""FedAvg-family client: load the global adapter, train locally, send back the update (``local - received``).
+
+Sending the update rather than the state is what makes uplink compression meaningful (top-k of an update, with
+error feedback), and lets robust aggregators and server optimizers work on pseudo-gradients directly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import torch
+from torch import Tensor
+
+from fedpeft.adapters import adapter_state, load_adapter_state
+from fedpeft.algorithms.aggregation import State, state_sub
+from fedpeft.algorithms.base import ClientApp, ClientContext, Msg
+from fedpeft.algorithms.lora_aggregation import truncate_to_rank, zero_pad_aggregate
+from fedpeft.training.evaluate import evaluate_classification, evaluate_lm
+from fedpeft.training.loop import train
+
+app = ClientApp("fedavg")
+
+
+def proximal_term(
+    model: torch.nn.Module, anchor: Mapping[str, Tensor], mu: float
+) -> Callable[[torch.nn.Module], Tensor]:
+    """FedProx's ``mu/2 * ||w - w_anchor||^2`` over the trainable parameters (Li et al., MLSys 2020)."""
+    anchors = {k: v.detach().clone() for k, v in anchor.items()}
+
+    def term(m: torch.nn.Module) -> Tensor:
+        params = dict(m.named_parameters())
+        total = sum(((params[k] - a.to(params[k].dtype)) ** 2).sum() for k, a in anchors.items())
+        return 0.5 * mu * total  # type: ignore[return-value]
+
+    return term
+
+
+def fit_to_model(received: State, ctx: ClientContext) -> State:
+    """Zero-pad a lower-rank adapter (heterogeneous ranks) to the model's rank. Padded components have zero A rows
+    and zero B columns, so their gradients are zero and they stay zero: the client trains exactly rank ``r_k``."""
+    model_rank = ctx.cfg.adapter.r
+    return zero_pad_aggregate([received], None, max_rank=model_rank)
+
+
+@app.on("train")
+def train_handler(ctx: ClientContext, msg: Msg) -> Msg:
+    rnd = int(msg.config["round"])
+    rank = int(msg.config.get("rank", 0))
+    received = msg.arrays
+    start = fit_to_model(received, ctx) if rank else received
+    load_adapter_state(ctx.model, start)
+    mu = float(msg.config.get("proximal_mu", 0.0))
+    extra = proximal_term(ctx.model, start, mu) if mu > 0 else None
+    result = train(
+        ctx.model,
+        ctx.data.train,
+        ctx.cfg.train,
+        ctx.data.collate,
+        word_ids=ctx.data.word_ids,
+        extra_loss=extra,
+        generator=ctx.generator(rnd, "train"),
+    )
+    local = adapter_state(ctx.model)
+    if rank:
+        local = truncate_to_rank(local, rank)
+    return Msg(
+        "train",
+        arrays=state_sub(local, received),
+        metrics={
+            "num_examples": len(ctx.data.train),
+            "loss": result.mean_loss,
+            "steps": result.steps,
+            "seconds": round(result.seconds, 3),
+        },
+    )
+
+
+def evaluate_local(ctx: ClientContext, state: State, limit: int) -> dict[str, float]:
+    """Score ``state`` on this client's local test split (at most ``limit`` examples)."""
+    examples = list(ctx.data.test)[:limit]
+    if not examples:
+        return {"num_examples": 0}
+    load_adapter_state(ctx.model, state)
+    if ctx.data.eval_mode == "label_words" and ctx.data.word_ids is not None:
+        metrics = evaluate_classification(ctx.model, examples, ctx.data.collate, ctx.data.word_ids)
+        metrics = {"accuracy": metrics["accuracy"]}
+    else:
+        metrics = evaluate_lm(ctx.model, examples, ctx.data.collate)
+    return {"num_examples": len(examples), **metrics}
+
+
+@app.on("evaluate")
+def evaluate_handler(ctx: ClientContext, msg: Msg) -> Msg:
+    state = fit_to_model(msg.arrays, ctx) if int(msg.config.get("rank", 0)) else msg.arrays
+    return Msg("evaluate", metrics=evaluate_local(ctx, state, int(msg.config.get("limit", 64))))

@@ -1,0 +1,219 @@
+"""The FedAvg family's server program: one class, specialised by overriding one hook each.
+
+- :class:`FedAvg` sample -> send the global adapter -> receive updates -> validate -> aggregate -> server step.
+- :class:`FedProx` overrides :meth:`FedAvg.train_config` (the client adds the proximal term).
+- :class:`FedAvgM`, :class:`FedAdam`, :class:`FedYogi`, :class:`FedAdagrad` override :meth:`FedAvg.make_optimizer`.
+- :class:`FedMedian`, :class:`FedTrimmedAvg` override :meth:`FedAvg.combine` (robust aggregation of the updates).
+LoRA modes (FFA-LoRA, HetLoRA zero-padding, FlexLoRA SVD re-projection) are chosen by ``algorithm.lora_mode``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from fedpeft.algorithms.aggregation import (
+    FedAdagrad as FedAdagradOpt,
+)
+from fedpeft.algorithms.aggregation import (
+    FedAdam as FedAdamOpt,
+)
+from fedpeft.algorithms.aggregation import (
+    FedAvgM as FedAvgMOpt,
+)
+from fedpeft.algorithms.aggregation import (
+    FedAvgServer,
+    ServerOptimizer,
+    State,
+    coordinate_median,
+    state_add,
+    state_sub,
+    trimmed_mean,
+    weighted_average,
+)
+from fedpeft.algorithms.aggregation import (
+    FedYogi as FedYogiOpt,
+)
+from fedpeft.algorithms.base import Accepted, Algorithm, Grid, Msg, Scalar, ServerContext
+from fedpeft.algorithms.fedavg import client
+from fedpeft.algorithms.fedavg.config import (
+    FedAvgConfig,
+    FedAvgMConfig,
+    FedOptConfig,
+    FedProxConfig,
+    TrimmedMeanConfig,
+)
+from fedpeft.algorithms.lora_aggregation import lora_pairs, svd_reproject, truncate_to_rank, zero_pad_aggregate
+from fedpeft.errors import ConfigError
+from fedpeft.registry import register_algorithm
+
+if TYPE_CHECKING:
+    from fedpeft.config import RunConfig
+
+
+@register_algorithm("fedavg")
+class FedAvg(Algorithm):
+    """FedAvg on adapter updates, sample-weighted (McMahan et al., AISTATS 2017)."""
+
+    config_cls = FedAvgConfig
+    client_app = client.app
+    opts: FedAvgConfig
+
+    def __init__(self, cfg: RunConfig, server: ServerContext) -> None:
+        super().__init__(cfg, server)
+        self.state: State = {k: v.clone() for k, v in server.initial_state.items()}
+        self.optimizer = self.make_optimizer()
+        if self.opts.lora_mode in ("zero_pad", "svd") and not lora_pairs(self.state):
+            raise ConfigError("algorithm.lora_mode", self.opts.lora_mode, "a LoRA adapter (no LoRA factors found)")
+
+    # ------------------------------------------------------------------ hooks
+    @classmethod
+    def check_config(cls, cfg: RunConfig) -> None:
+        opts: FedAvgConfig = cfg.algorithm
+        if opts.lora_mode == "frozen_a" and cfg.adapter.method != "ffa_lora":
+            raise ConfigError("adapter.method", cfg.adapter.method, "'ffa_lora' when algorithm.lora_mode='frozen_a'")
+        if opts.client_ranks and max(opts.client_ranks) > cfg.adapter.r:
+            raise ConfigError(
+                "algorithm.client_ranks", opts.client_ranks, f"ranks <= adapter.r={cfg.adapter.r} (the global rank)"
+            )
+        if opts.client_ranks and cfg.adapter.method not in ("lora", "rslora"):
+            raise ConfigError("adapter.method", cfg.adapter.method, "'lora' or 'rslora' for heterogeneous ranks")
+
+    def make_optimizer(self) -> ServerOptimizer:
+        """The server step applied to the combined update (plain FedAvg: ``x + server_lr * mean update``)."""
+        return FedAvgServer(lr=self.opts.server_lr)
+
+    def train_config(self, rnd: int, client_id: int) -> dict[str, Scalar]:
+        """Settings sent with each ``train`` message."""
+        cfg: dict[str, Scalar] = {"round": rnd}
+        rank = self.client_rank(client_id)
+        if rank:
+            cfg["rank"] = rank
+        return cfg
+
+    def combine(self, updates: Sequence[State], weights: Sequence[float]) -> State:
+        """Combine client updates into one (the weighted mean; robust variants override)."""
+        return weighted_average(updates, weights if self.opts.weighted else None)
+
+    # ------------------------------------------------------------------ the round
+    def client_rank(self, client_id: int) -> int:
+        ranks = self.opts.client_ranks
+        return ranks[client_id % len(ranks)] if ranks else 0
+
+    def payload(self, client_id: int) -> State:
+        """What the client receives: the global adapter, cut to the client's rank under heterogeneous ranks."""
+        rank = self.client_rank(client_id)
+        return truncate_to_rank(self.state, rank) if rank else self.state
+
+    def fit_round(self, rnd: int, grid: Grid) -> dict[str, Any]:
+        clients = self.sample_clients(rnd, grid.client_ids())
+        payloads = {c: self.payload(c) for c in clients}
+        msgs = [(c, Msg("train", payloads[c], self.train_config(rnd, c))) for c in clients]
+        accepted = self.collect(rnd, grid, msgs, reference=lambda c: payloads[c])
+        info: dict[str, Any] = {"clients": [a.client_id for a in accepted], "sampled": clients}
+        if not accepted:
+            return info  # nothing valid came back: the global adapter stays as it was
+        total = sum(a.num_examples for a in accepted)
+        info["train_loss"] = sum(a.metrics.get("loss", 0.0) * a.num_examples for a in accepted) / total
+        self.state = self.optimizer.step(self.state, self.aggregate_updates(accepted, payloads))
+        return info
+
+    def aggregate_updates(self, accepted: Sequence[Accepted], payloads: Mapping[int, State]) -> State:
+        """The pseudo-gradient ``delta`` for the server optimizer, by LoRA mode."""
+        weights = [float(a.num_examples) for a in accepted]
+        mode = self.opts.lora_mode
+        if mode in ("average", "frozen_a"):
+            return self.combine([a.arrays for a in accepted], weights)
+        # Heterogeneous ranks: rebuild each client's local adapter at its rank, combine at the global rank.
+        locals_ = [state_add(payloads[a.client_id], a.arrays) for a in accepted]
+        w = weights if self.opts.weighted else None
+        if mode == "zero_pad":
+            merged = zero_pad_aggregate(locals_, w, max_rank=self.cfg.adapter.r)
+        else:
+            merged = svd_reproject(locals_, w, rank=self.cfg.adapter.r)
+        return state_sub(merged, self.state)
+
+    def global_state(self) -> State:
+        return self.state
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "state": self.state, "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.state = dict(state["state"])
+        self.optimizer.load_state_dict(state["optimizer"])
+
+
+@register_algorithm("fedprox")
+class FedProx(FedAvg):
+    """FedProx (Li et al., MLSys 2020): the proximal term limits client drift under heterogeneity."""
+
+    config_cls = FedProxConfig
+    opts: FedProxConfig
+
+    def train_config(self, rnd: int, client_id: int) -> dict[str, Scalar]:
+        return {**super().train_config(rnd, client_id), "proximal_mu": self.opts.mu}
+
+
+@register_algorithm("fedavgm")
+class FedAvgM(FedAvg):
+    """FedAvgM (Hsu et al. 2019): server momentum."""
+
+    config_cls = FedAvgMConfig
+    opts: FedAvgMConfig
+
+    def make_optimizer(self) -> ServerOptimizer:
+        return FedAvgMOpt(lr=self.opts.server_lr, momentum=self.opts.momentum)
+
+
+@register_algorithm("fedadam")
+class FedAdam(FedAvg):
+    """FedAdam (Reddi et al., ICLR 2021)."""
+
+    config_cls = FedOptConfig
+    opts: FedOptConfig
+    optimizer_cls: type[ServerOptimizer] = FedAdamOpt
+
+    def make_optimizer(self) -> ServerOptimizer:
+        o = self.opts
+        return self.optimizer_cls(eta=o.server_lr, beta1=o.beta1, beta2=o.beta2, tau=o.tau)  # type: ignore[call-arg]
+
+
+@register_algorithm("fedyogi")
+class FedYogi(FedAdam):
+    """FedYogi (Reddi et al., ICLR 2021)."""
+
+    optimizer_cls = FedYogiOpt
+
+
+@register_algorithm("fedadagrad")
+class FedAdagrad(FedAdam):
+    """FedAdagrad (Reddi et al., ICLR 2021)."""
+
+    optimizer_cls = FedAdagradOpt
+
+
+@register_algorithm("fedmedian")
+class FedMedian(FedAvg):
+    """Coordinate-wise median of the updates (Yin et al., ICML 2018); unweighted by definition."""
+
+    @classmethod
+    def check_config(cls, cfg: RunConfig) -> None:
+        super().check_config(cfg)
+        if cfg.algorithm.lora_mode not in ("average", "frozen_a"):
+            raise ConfigError("algorithm.lora_mode", cfg.algorithm.lora_mode, ["average", "frozen_a"])
+
+    def combine(self, updates: Sequence[State], weights: Sequence[float]) -> State:
+        return coordinate_median(updates)
+
+
+@register_algorithm("fedtrimmedavg")
+class FedTrimmedAvg(FedMedian):
+    """Coordinate-wise trimmed mean of the updates (Yin et al., ICML 2018)."""
+
+    config_cls = TrimmedMeanConfig
+    opts: TrimmedMeanConfig
+
+    def combine(self, updates: Sequence[State], weights: Sequence[float]) -> State:
+        return trimmed_mean(updates, self.opts.beta)

@@ -1,0 +1,101 @@
+"""Job setup shared by every runtime: base model + adapter, encoded data split over clients, server-side pieces.
+
+Everything here is deterministic from the config (seeded partition and local test splits), so the server process
+and each Flower worker process build identical client data independently, without shipping data around.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import datasets
+import torch
+
+from fedpeft.adapters import adapter_state, attach_adapter, count_trainable, load_adapter_state, save_adapter
+from fedpeft.algorithms.aggregation import State
+from fedpeft.algorithms.base import ClientData, derive_seed
+from fedpeft.config import RunConfig
+from fedpeft.data.partition import partition_indices
+from fedpeft.models import load_model, load_tokenizer
+from fedpeft.training.centralized import Task, evaluate_task, prepare_task
+
+
+@dataclass
+class FederatedData:
+    """The server's eval task and every client's local train/test examples."""
+
+    task: Task
+    clients: list[ClientData]
+    partition: list[dict[str, Any]]  # per client: num_examples and label (or task) counts, for the setup event
+
+
+def build_model(cfg: RunConfig) -> tuple[torch.nn.Module, Any]:
+    """The frozen base model with the configured adapter attached (initialised from ``adapter.init_seed``)."""
+    tokenizer = load_tokenizer(cfg.model.name)
+    model = load_model(cfg.model.name, cfg.model.dtype, cfg.model.device)
+    return attach_adapter(model, cfg.adapter), tokenizer
+
+
+def local_test_split(rows: list[int], fraction: float, seed: int, client: int) -> tuple[list[int], list[int]]:
+    """Split a client's rows into (train, test) with a seeded shuffle; at least one row stays for training."""
+    if fraction <= 0 or len(rows) < 2:
+        return rows, []
+    gen = torch.Generator().manual_seed(derive_seed(seed, "local_test", client))
+    order = [rows[i] for i in torch.randperm(len(rows), generator=gen).tolist()]
+    n_test = min(len(rows) - 1, math.ceil(fraction * len(rows)))
+    return sorted(order[n_test:]), sorted(order[:n_test])
+
+
+def build_federated_data(cfg: RunConfig, tokenizer: Any) -> FederatedData:
+    """Load and encode the dataset once, partition the training split over clients, cut local test splits."""
+    task = prepare_task(cfg, tokenizer)
+    fed = cfg.federation
+    index = datasets.Dataset.from_dict(
+        {"label": [int(e["label"]) for e in task.train], "task": [str(e.get("task", "")) for e in task.train]}
+    )
+    parts = partition_indices(index, fed.partition_config(cfg.seed))
+    clients: list[ClientData] = []
+    summary: list[dict[str, Any]] = []
+    by = fed.partition_by
+    for cid, rows in enumerate(parts):
+        train_rows, test_rows = local_test_split(list(rows), fed.local_test_fraction, cfg.seed, cid)
+        clients.append(
+            ClientData(
+                train=[task.train[i] for i in train_rows],
+                test=[task.train[i] for i in test_rows],
+                word_ids=task.word_ids,
+                collate=task.collate,
+                eval_mode=task.eval_mode,
+            )
+        )
+        counts: dict[str, int] = {}
+        for i in rows:
+            key = str(task.train[i]["label"] if by == "label" else task.train[i].get("task", ""))
+            counts[key] = counts.get(key, 0) + 1
+        summary.append({"client": cid, "num_examples": len(rows), f"{by}_counts": dict(sorted(counts.items()))})
+    return FederatedData(task, clients, summary)
+
+
+class ServerModel:
+    """The server's copy of the model: evaluates and saves global adapter states."""
+
+    def __init__(self, cfg: RunConfig, model: torch.nn.Module, task: Task, run_path: Path) -> None:
+        self.cfg, self.model, self.task, self.run_path = cfg, model, task, run_path
+
+    def initial_state(self) -> State:
+        return adapter_state(self.model)
+
+    def evaluate(self, state: State) -> dict[str, float]:
+        load_adapter_state(self.model, state)
+        return evaluate_task(self.model, self.task, self.cfg.eval.batch_size, self.cfg.eval.max_new_tokens)
+
+    def save(self, state: State, relative: str) -> None:
+        load_adapter_state(self.model, state)
+        save_adapter(self.model, self.run_path / relative)
+
+    def size(self) -> dict[str, int]:
+        s = count_trainable(self.model)
+        return {"trainable_params": s.params, "trainable_bytes": s.bytes, "total_params": s.total_params}
