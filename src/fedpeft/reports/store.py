@@ -1,0 +1,303 @@
+"""Read a run directory (``config.toml``, ``metrics.jsonl``, ``summary.json``) into a typed :class:`RunRecord`.
+
+The schema is documented in ``docs/run-directory.md``. A run may still be in progress or may have been killed, so
+``summary.json`` is optional and a truncated last line of ``metrics.jsonl`` is skipped. Unknown events are ignored, so
+older readers keep working when new events are added.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomllib
+
+from fedpeft.errors import DataFormatError, FedPeftError
+
+# Metrics where a lower value is better; every other metric is maximised.
+LOWER_IS_BETTER = frozenset({"perplexity", "loss"})
+# Preference order of the primary metric (docs/run-directory.md, summary.json).
+PRIMARY_METRICS = ("accuracy", "rouge_l", "perplexity")
+# Event fields that are never metric values.
+_NOT_METRICS = frozenset({"event", "time", "round", "client", "num_examples", "stage", "step", "clients"})
+
+Series = dict[int, float]  # round (or step) -> value
+
+
+@dataclass(frozen=True)
+class ClientData:
+    """One client's share of the training data, from the ``setup`` event's ``partition``."""
+
+    client: int
+    num_examples: int
+    counts: dict[str, int]  # label (or task) -> number of examples
+
+
+@dataclass(frozen=True)
+class Incident:
+    """A ``rejected`` update or a client ``failure``."""
+
+    kind: str  # "rejected" or "failure"
+    round: int
+    client: int
+    reason: str
+
+
+@dataclass
+class RunRecord:
+    """Everything a report needs from one run directory.
+
+    Series map a round (or, for ``train_steps``, an optimizer step) to a value. When a resumed run logs a round
+    again, the later value wins.
+    """
+
+    path: Path
+    config: dict[str, Any] = field(default_factory=dict)
+    summary: dict[str, Any] | None = None
+    setup: dict[str, Any] = field(default_factory=dict)
+    global_metrics: dict[str, Series] = field(default_factory=dict)  # metric -> round -> value
+    client_metrics: dict[str, dict[int, Series]] = field(default_factory=dict)  # metric -> client -> round -> value
+    client_train_loss: dict[int, Series] = field(default_factory=dict)  # client -> round -> loss
+    train_loss: Series = field(default_factory=dict)  # round -> example-weighted train loss
+    bytes_up: dict[int, int] = field(default_factory=dict)  # round -> bytes
+    bytes_down: dict[int, int] = field(default_factory=dict)
+    incidents: list[Incident] = field(default_factory=list)
+    partition: list[ClientData] = field(default_factory=list)
+    partition_key: str = "label_counts"  # or "task_counts"
+    train_steps: Series = field(default_factory=dict)  # centralized: step -> loss
+    stage_metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # centralized: stage -> metrics
+    resumed_from: list[int] = field(default_factory=list)
+    first_time: float | None = None
+    last_time: float | None = None
+    skipped_lines: int = 0
+
+    # ----------------------------------------------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        """The run directory's name (``<name>-<YYYYmmdd-HHMMSS>``)."""
+        return self.path.name
+
+    @property
+    def finished(self) -> bool:
+        """True when ``summary.json`` exists (the run ended normally)."""
+        return self.summary is not None
+
+    @property
+    def centralized(self) -> bool:
+        """True for a ``fedpeft finetune`` run (train steps and before/after evaluation, no rounds)."""
+        return self.get("algorithm") == "centralized" or (
+            bool(self.train_steps or self.stage_metrics) and not (self.global_metrics or self.train_loss)
+        )
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """A run attribute (``algorithm``, ``model``, ``rounds``...) from summary.json, the setup event or config."""
+        for source in (self.summary or {}, self.setup):
+            if source.get(key) is not None:
+                return source[key]
+        aliases = {"model": ("model", "name"), "dataset": ("data", "dataset"), "adapter": ("adapter", "method")}
+        if key in aliases:
+            table, sub = aliases[key]
+            value = self.config.get(table)
+            if isinstance(value, dict) and value.get(sub) is not None:
+                return value[sub]
+        found = _find_key(self.config, key)
+        return default if found is None else found
+
+    @property
+    def rounds_done(self) -> int:
+        """The last round with a ``round`` (or global ``eval``) event; 0 before the first round ends."""
+        rounds = set(self.train_loss) | {r for s in self.global_metrics.values() for r in s}
+        return max(rounds, default=0)
+
+    @property
+    def primary_metric(self) -> str | None:
+        """``accuracy`` if evaluated, else ``rouge_l``, else ``perplexity``; None when none of them was logged."""
+        available = set(self.global_metrics) | {k for m in self.stage_metrics.values() for k in m}
+        if not available and self.summary:
+            available = set(self.summary.get("final") or {})
+        return next((m for m in PRIMARY_METRICS if m in available), None)
+
+    def _round_metrics(self, rnd: int) -> dict[str, float]:
+        return {m: s[rnd] for m, s in self.global_metrics.items() if rnd in s}
+
+    @property
+    def initial(self) -> dict[str, float]:
+        """Global metrics before training (round 0, or the centralized ``before`` stage)."""
+        if 0 in {r for s in self.global_metrics.values() for r in s}:
+            return self._round_metrics(0)
+        if "before" in self.stage_metrics:
+            return dict(self.stage_metrics["before"])
+        summary = self.summary or {}
+        return dict(summary.get("initial") or summary.get("before") or {})
+
+    @property
+    def final(self) -> dict[str, float]:
+        """Global metrics at the last evaluated round (or the centralized ``after`` stage)."""
+        rounds = {r for s in self.global_metrics.values() for r in s}
+        if rounds:
+            return self._round_metrics(max(rounds))
+        if "after" in self.stage_metrics:
+            return dict(self.stage_metrics["after"])
+        return dict((self.summary or {}).get("final") or {})
+
+    @property
+    def best(self) -> dict[str, float]:
+        """Global metrics at the round with the best primary metric, plus ``"round"``; earliest round on ties.
+
+        Empty when no round was evaluated. ``perplexity`` is minimised, the other primary metrics maximised.
+        """
+        metric = self.primary_metric
+        series = self.global_metrics.get(metric or "", {})
+        if not series:
+            return {} if self.global_metrics else dict((self.summary or {}).get("best") or {})
+        sign = -1.0 if metric in LOWER_IS_BETTER else 1.0
+        best_round = max(sorted(series), key=lambda r: sign * series[r])  # max keeps the first of equal keys
+        return {**self._round_metrics(best_round), "round": best_round}
+
+    @property
+    def total_bytes_up(self) -> int:
+        """Bytes sent from clients to the server over all finished rounds."""
+        return sum(self.bytes_up.values()) if self.bytes_up else int((self.summary or {}).get("bytes_up") or 0)
+
+    @property
+    def total_bytes_down(self) -> int:
+        """Bytes sent from the server to clients over all finished rounds."""
+        return sum(self.bytes_down.values()) if self.bytes_down else int((self.summary or {}).get("bytes_down") or 0)
+
+    @property
+    def wall_s(self) -> float | None:
+        """Wall-clock seconds: summary.json's ``wall_s``, else the span of the logged events (run in progress)."""
+        if self.summary and self.summary.get("wall_s") is not None:
+            return float(self.summary["wall_s"])
+        if self.first_time is None or self.last_time is None:
+            return None
+        return round(self.last_time - self.first_time, 2)
+
+
+def _find_key(tree: dict[str, Any], key: str) -> Any:
+    """The value of ``key`` at the shallowest level of a nested dict, or None."""
+    level: list[dict[str, Any]] = [tree]
+    while level:
+        for d in level:
+            if d.get(key) is not None and not isinstance(d[key], dict):
+                return d[key]
+        level = [v for d in level for v in d.values() if isinstance(v, dict)]
+    return None
+
+
+def _metrics(event: dict[str, Any]) -> dict[str, float]:
+    return {
+        k: float(v)
+        for k, v in event.items()
+        if k not in _NOT_METRICS and isinstance(v, int | float) and not isinstance(v, bool)
+    }
+
+
+def _apply(rec: RunRecord, ev: dict[str, Any]) -> None:
+    """Fold one event into ``rec``."""
+    kind = ev.get("event")
+    t = ev.get("time")
+    if isinstance(t, int | float):
+        rec.first_time = t if rec.first_time is None else min(rec.first_time, t)
+        rec.last_time = t if rec.last_time is None else max(rec.last_time, t)
+    rnd: Any = ev.get("round")
+    if kind == "setup":
+        rec.setup = {k: v for k, v in ev.items() if k not in ("event", "time")}
+        rec.partition = []
+        for part in ev.get("partition") or []:
+            key = "task_counts" if "task_counts" in part else "label_counts"
+            rec.partition_key = key
+            counts = {str(k): int(v) for k, v in (part.get(key) or {}).items()}
+            num = int(part.get("num_examples", sum(counts.values())))
+            rec.partition.append(ClientData(int(part["client"]), num, counts))
+    elif kind == "eval" and "stage" in ev:
+        rec.stage_metrics[str(ev["stage"])] = _metrics(ev)
+    elif kind == "eval" and rnd is not None:
+        for metric, value in _metrics(ev).items():
+            rec.global_metrics.setdefault(metric, {})[int(rnd)] = value
+    elif kind == "client_eval":
+        for metric, value in _metrics(ev).items():
+            rec.client_metrics.setdefault(metric, {}).setdefault(int(ev["client"]), {})[int(rnd)] = value
+    elif kind == "client_train":
+        if ev.get("loss") is not None:
+            rec.client_train_loss.setdefault(int(ev["client"]), {})[int(rnd)] = float(ev["loss"])
+    elif kind == "round":
+        if ev.get("train_loss") is not None:
+            rec.train_loss[int(rnd)] = float(ev["train_loss"])
+        rec.bytes_up[int(rnd)] = int(ev.get("bytes_up") or 0)
+        rec.bytes_down[int(rnd)] = int(ev.get("bytes_down") or 0)
+    elif kind in ("rejected", "failure"):
+        rec.incidents.append(Incident(str(kind), int(rnd or 0), int(ev.get("client", -1)), str(ev.get("reason", ""))))
+    elif kind == "train_step":
+        rec.train_steps[int(ev["step"])] = float(ev["loss"])
+    elif kind == "resume":
+        rec.resumed_from.append(int(rnd or 0))
+
+
+def _read_events(path: Path, rec: RunRecord) -> None:
+    lines = path.read_text(encoding="utf-8", errors="replace").split("\n")
+    while lines and not lines[-1].strip():
+        lines.pop()
+    for lineno, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            event = json.loads(line)
+        except json.JSONDecodeError as exc:
+            if lineno == len(lines):  # a run killed mid-write: skip the partial last line
+                rec.skipped_lines += 1
+                continue
+            raise DataFormatError(path, lineno, None, f"not valid JSON ({exc.msg})") from None
+        if not isinstance(event, dict) or not isinstance(event.get("event"), str):
+            raise DataFormatError(path, lineno, "event", "expected a JSON object with an 'event' string")
+        try:
+            _apply(rec, event)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DataFormatError(path, lineno, None, f"bad {event['event']!r} event ({exc!r})") from None
+
+
+def load_run(run_dir: str | Path) -> RunRecord:
+    """Read a run directory into a :class:`RunRecord`.
+
+    Parameters
+    ----------
+    run_dir
+        A folder written by ``fedpeft run`` or ``fedpeft finetune`` (see ``docs/run-directory.md``).
+
+    Returns
+    -------
+    RunRecord
+        The parsed config, events and (when the run finished) summary.
+
+    Raises
+    ------
+    FedPeftError
+        If ``run_dir`` is not a directory or holds neither ``config.toml`` nor ``metrics.jsonl``.
+    DataFormatError
+        If a file is malformed (a bad line other than a truncated last one, invalid TOML or JSON).
+    """
+    path = Path(run_dir)
+    config_path, metrics_path, summary_path = (path / n for n in ("config.toml", "metrics.jsonl", "summary.json"))
+    if not path.is_dir():
+        raise FedPeftError(f"{path}: not a run directory (no such directory)")
+    if not config_path.is_file() and not metrics_path.is_file():
+        raise FedPeftError(f"{path}: not a run directory (it has neither config.toml nor metrics.jsonl)")
+    rec = RunRecord(path=path)
+    if config_path.is_file():
+        try:
+            rec.config = tomllib.loads(config_path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise DataFormatError(config_path, None, None, f"invalid TOML ({exc})") from None
+    if metrics_path.is_file():
+        _read_events(metrics_path, rec)
+    if summary_path.is_file():
+        try:
+            summary = json.loads(summary_path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise DataFormatError(summary_path, exc.lineno, None, f"invalid JSON ({exc.msg})") from None
+        if not isinstance(summary, dict):
+            raise DataFormatError(summary_path, None, None, "expected a JSON object")
+        rec.summary = summary
+    return rec

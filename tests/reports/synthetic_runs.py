@@ -1,0 +1,209 @@
+"""Synthetic run directories for the report tests, written exactly as docs/run-directory.md describes.
+
+A plain helper module rather than a conftest.py: a second top-level ``conftest`` module would replace tests/conftest.py
+in sys.modules (see tests/data/__init__.py).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+# Ground truth of the synthetic federated run: 3 clients, 4 rounds, round 0 = before training.
+GLOBAL_ACC = {0: 0.5, 1: 0.55, 2: 0.625, 3: 0.75, 4: 0.7}
+GLOBAL_LOSS = {0: 0.71, 1: 0.69, 2: 0.66, 3: 0.6, 4: 0.62}
+CLIENT_ACC = {  # client -> round -> accuracy on its local test split
+    0: {1: 0.5, 2: 0.6, 3: 0.7, 4: 0.8},
+    1: {1: 0.25, 2: 0.5, 3: 0.75, 4: 0.5},
+    2: {1: 0.9, 2: 0.9, 3: 0.95, 4: 1.0},
+}
+REJECTED = (2, 2, "update contains non-finite values")  # round, client, reason
+FAILURE = (4, 1, "timed out after 30 s")
+BYTES = 327680  # one client's adapter payload, each way
+PARTITION = [
+    {"client": 0, "num_examples": 60, "label_counts": {"0": 50, "1": 10}},
+    {"client": 1, "num_examples": 40, "label_counts": {"0": 20, "1": 20}},
+    {"client": 2, "num_examples": 30, "label_counts": {"1": 30}},
+]
+
+
+def client_loss(rnd: int, client: int) -> float:
+    return round(0.7 - 0.05 * rnd + 0.01 * client, 4)
+
+
+def aggregated(rnd: int) -> list[int]:
+    """Clients whose update went into round ``rnd`` (the rejected / failed ones did not)."""
+    out = {REJECTED[0]: REJECTED[1], FAILURE[0]: FAILURE[1]}
+    return [c for c in range(3) if out.get(rnd) != c]
+
+
+def round_train_loss(rnd: int) -> float:
+    clients = aggregated(rnd)
+    n = {p["client"]: p["num_examples"] for p in PARTITION}
+    return sum(client_loss(rnd, c) * n[c] for c in clients) / sum(n[c] for c in clients)
+
+
+def federated_events() -> list[dict[str, Any]]:
+    t = 1_700_000_000.0
+    events: list[dict[str, Any]] = [
+        {
+            "event": "setup",
+            "time": t,
+            "algorithm": "fedavg",
+            "runtime": "local",
+            "num_clients": 3,
+            "clients_per_round": 3,
+            "rounds": 4,
+            "trainable_params": 81920,
+            "trainable_bytes": BYTES,
+            "total_params": 1989248,
+            "eval_examples": 100,
+            "partition": PARTITION,
+        },
+        {"event": "eval", "time": t + 1, "round": 0, "accuracy": GLOBAL_ACC[0], "loss": GLOBAL_LOSS[0]},
+    ]
+    for rnd in range(1, 5):
+        t = 1_700_000_000.0 + 10 * rnd
+        for c in range(3):
+            if (rnd, c) == FAILURE[:2]:
+                events.append({"event": "failure", "time": t, "round": rnd, "client": c, "reason": FAILURE[2]})
+                continue
+            events.append(
+                {
+                    "event": "client_train",
+                    "time": t + 1,
+                    "round": rnd,
+                    "client": c,
+                    "num_examples": PARTITION[c]["num_examples"],
+                    "loss": client_loss(rnd, c),
+                    "steps": 5,
+                    "seconds": 0.5,
+                    "bytes_up": BYTES,
+                    "bytes_down": BYTES,
+                }
+            )
+            if (rnd, c) == REJECTED[:2]:
+                events.append({"event": "rejected", "time": t + 2, "round": rnd, "client": c, "reason": REJECTED[2]})
+        clients = aggregated(rnd)
+        events.append(
+            {
+                "event": "round",
+                "time": t + 3,
+                "round": rnd,
+                "clients": clients,
+                "train_loss": round_train_loss(rnd),
+                "bytes_up": BYTES * len(clients),
+                "bytes_down": BYTES * 3,
+                "update_norm": 0.1,
+                "seconds": 2.0,
+            }
+        )
+        for c in range(3):
+            events.append(
+                {
+                    "event": "client_eval",
+                    "time": t + 4,
+                    "round": rnd,
+                    "client": c,
+                    "num_examples": 10,
+                    "accuracy": CLIENT_ACC[c][rnd],
+                    "loss": 0.5,
+                }
+            )
+        events.append(
+            {"event": "eval", "time": t + 5, "round": rnd, "accuracy": GLOBAL_ACC[rnd], "loss": GLOBAL_LOSS[rnd]}
+        )
+    return events
+
+
+CONFIG_TOML = """name = "{name}"
+seed = 0
+output_dir = "runs"
+
+[model]
+name = "tiny-small"
+
+[data]
+dataset = "sst2"
+
+[adapter]
+method = "lora"
+r = 8
+"""
+
+
+def write_run(
+    path: Path,
+    events: list[dict[str, Any]],
+    summary: dict[str, Any] | None = None,
+    truncated_tail: bool = True,
+    config_name: str = "demo",
+) -> Path:
+    """A run directory at ``path``; ``truncated_tail`` appends half a line, as a run killed mid-write leaves."""
+    path.mkdir(parents=True)
+    (path / "config.toml").write_text(CONFIG_TOML.format(name=config_name.replace('"', '\\"')), encoding="utf-8")
+    text = "".join(json.dumps(e) + "\n" for e in events)
+    if truncated_tail:
+        text += '{"event": "client_train", "time": 1700000099.0, "round": 5, "cli'
+    (path / "metrics.jsonl").write_text(text, encoding="utf-8")
+    if summary is not None:
+        (path / "summary.json").write_text(json.dumps(summary), encoding="utf-8")
+    return path
+
+
+FED_SUMMARY = {
+    "algorithm": "fedavg",
+    "runtime": "local",
+    "rounds": 4,
+    "num_clients": 3,
+    "model": "tiny-small",
+    "dataset": "sst2",
+    "adapter": "lora",
+    "trainable_params": 81920,
+    "initial": {"accuracy": 0.5},
+    "final": {"accuracy": 0.7},
+    "best": {"accuracy": 0.75, "round": 3},
+    "bytes_up": 0,
+    "bytes_down": 0,
+    "wall_s": 61.5,
+}
+
+
+def make_fed_run(root: Path, name: str = "fedavg-sst2-20260101-120000", summary: bool = True, **kwargs: Any) -> Path:
+    """The synthetic federated run as ``root/name`` (``summary=False``: a run still in progress or killed)."""
+    return write_run(root / name, federated_events(), FED_SUMMARY if summary else None, **kwargs)
+
+
+CENTRALIZED_EVENTS: list[dict[str, Any]] = [
+    {
+        "event": "setup",
+        "time": 1.0,
+        "trainable_params": 81920,
+        "trainable_bytes": BYTES,
+        "total_params": 1989248,
+        "train_examples": 500,
+        "eval_examples": 100,
+    },
+    {"event": "eval", "time": 2.0, "stage": "before", "accuracy": 0.5, "pred_frac_0": 1.0},
+    {"event": "train_step", "time": 3.0, "step": 0, "loss": 0.79},
+    {"event": "train_step", "time": 4.0, "step": 10, "loss": 0.68},
+    {"event": "train_step", "time": 5.0, "step": 20, "loss": 0.55},
+    {"event": "eval", "time": 6.0, "stage": "after", "accuracy": 0.81, "pred_frac_0": 0.6},
+]
+
+
+def make_central_run(root: Path) -> Path:
+    """A centralized (``fedpeft finetune``) run: setup, train_step and before/after eval events."""
+    summary = {
+        "algorithm": "centralized",
+        "model": "tiny-small",
+        "dataset": "sst2",
+        "adapter": "lora",
+        "trainable_params": 81920,
+        "steps": 20,
+        "before": {"accuracy": 0.5},
+        "final": {"accuracy": 0.81},
+        "wall_s": 5.0,
+    }
+    return write_run(root / "central-20260101-120000", CENTRALIZED_EVENTS, summary, truncated_tail=False)
