@@ -1,8 +1,10 @@
 from pathlib import Path
 
 import pytest
+import tomllib
 
-from fedpeft.config import JobConfig, load_config, merge_overrides, parse_override, to_dict
+from fedpeft.algorithms import get_algorithm
+from fedpeft.config import JobConfig, RunConfig, load_config, merge_overrides, parse_override, to_dict
 from fedpeft.errors import ConfigError
 
 RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.toml"))
@@ -14,9 +16,14 @@ def test_there_are_recipes():
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)
 def test_every_shipped_recipe_parses_and_validates(recipe):
-    cfg = load_config(JobConfig, recipe)
-    assert isinstance(cfg, JobConfig)
+    """Federated recipes (with a [federation] table, for `fedpeft run`) parse as RunConfig, the others as JobConfig
+    (`fedpeft finetune`); either way every field is validated, including the algorithm's own table."""
+    federated = "federation" in tomllib.loads(recipe.read_text())
+    cfg = load_config(RunConfig if federated else JobConfig, recipe)
     assert cfg.train.steps >= 1
+    if federated:
+        assert isinstance(cfg, RunConfig)
+        assert isinstance(cfg.algorithm, get_algorithm(cfg.federation.algorithm).config_cls)
 
 
 def test_parse_override_uses_toml_values():

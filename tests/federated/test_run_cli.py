@@ -1,0 +1,66 @@
+"""`fedpeft run / report / export` through the CLI entry point (in-process)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import tomli_w
+import torch
+
+from conftest import small_job  # type: ignore[import-not-found]
+from fedpeft.cli import main
+
+
+def write_recipe(tmp_path: Path, **tables) -> Path:
+    path = tmp_path / "job.toml"
+    path.write_text(tomli_w.dumps(small_job(tmp_path / "runs", **tables)))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("override", "needle"),
+    [
+        ("federation.algorithm=fedsgd", "allowed: 'fedadagrad'"),
+        ("algorithm.momentum=0.9", "algorithm.momentum"),
+        ("comm.up=int2", "comm.up='int2'"),
+        ("federation.fraction=0", "federation.fraction"),
+        ("adapter.method=lorra", "adapter.method"),
+    ],
+)
+def test_config_errors_stop_before_any_work(tmp_path, capsys, override, needle):
+    recipe = write_recipe(tmp_path)
+    assert main(["run", str(recipe), "--set", override]) == 2
+    assert needle in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()  # nothing was created
+
+
+def test_run_prints_table_and_run_dir_last_then_report_and_export(tmp_path, capsys):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from fedpeft.models import load_model
+
+    recipe = write_recipe(tmp_path)
+    assert main(["run", str(recipe)]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    run = Path(out[-1])
+    assert run.is_dir() and (run / "summary.json").is_file()
+    assert any(line.startswith("accuracy") for line in out)
+    assert (run / "report" / "report.html").is_file() and (run / "report" / "bytes.png").is_file()
+
+    assert main(["export", str(run), "--merge", "--out", str(tmp_path / "merged")]) == 0
+    assert main(["export", str(run), "--round", "1", "--out", str(tmp_path / "r1")]) == 0
+    assert (tmp_path / "r1" / "adapter_config.json").is_file()
+    ids = torch.tensor([[1, 17, 230, 45, 9, 300]])
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged").eval()
+    adapted = PeftModel.from_pretrained(load_model("tiny-small"), str(run / "adapter")).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(merged(ids).logits, adapted(ids).logits, atol=1e-4, rtol=1e-4)
+    assert main(["export", str(run), "--out", str(tmp_path / "merged")]) == 2  # never overwrites
+
+    assert main(["run", str(recipe), "--quiet", "--set", "federation.algorithm=fedavgm"]) == 0
+    other = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    assert main(["report", str(run), str(other), "--out", str(tmp_path / "cmp")]) == 0
+    printed = capsys.readouterr().out
+    assert "fedavgm" in printed and (tmp_path / "cmp" / "comparison.png").is_file()
