@@ -170,11 +170,13 @@ def state_norm(state: Mapping[str, Tensor]) -> float:
     Per-tensor norms are computed in float32 (float64 for float64 input) and combined in float64, so the result does
     not overflow for fp16 states with many entries.
     """
-    sq = 0.0
+    if not state:
+        return 0.0
+    norms = []
     for k, t in state.items():
         _check_tensor(k, t, "state")
-        sq += float(torch.linalg.vector_norm(t.to(_compute_dtype(t.dtype))).double()) ** 2
-    return math.sqrt(sq)
+        norms.append(torch.linalg.vector_norm(t.to(_compute_dtype(t.dtype))).double().cpu())
+    return float(torch.linalg.vector_norm(torch.stack(norms)))  # one host sync for the whole state
 
 
 def clip_update(update: Mapping[str, Tensor], max_norm: float) -> State:
@@ -207,10 +209,15 @@ def check_update(
         _check_pair(reference, update, "reference", name)
     for k, t in update.items():
         _check_tensor(k, t, name)
-        if not bool(torch.isfinite(t).all()):
-            raise AggregationError(f"{name}[{k!r}] contains NaN or infinite values")
+    # One fused pass instead of one sync per tensor: the squared norm is finite iff every value is (an overflow
+    # of the squares is also caught, and only then are tensors inspected one by one to name the bad key).
+    norm = state_norm(update)
+    if not math.isfinite(norm):
+        for k, t in update.items():
+            if not bool(torch.isfinite(t).all()):
+                raise AggregationError(f"{name}[{k!r}] contains NaN or infinite values")
+        raise AggregationError(f"{name} has an L2 norm that overflows")
     if max_norm is not None:
-        norm = state_norm(update)
         if norm > max_norm:
             raise AggregationError(f"{name} has L2 norm {norm:.4g} above the bound max_norm={max_norm:.4g}")
 

@@ -7,6 +7,7 @@ builds model, data and grid -> the algorithm's round loop -> summary. Resuming r
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -158,8 +159,8 @@ def run_federated(
     elif cfg is None:
         raise ConfigError("cfg", None, "a RunConfig (or resume=RUN_DIR)")
     if runtime is not None and runtime != cfg.federation.runtime:
-        cfg.federation.runtime = runtime
-        cfg.federation.__post_init__()  # re-validate the runtime name
+        # A copy: the caller's config object stays as it was (validated again by the dataclass constructors).
+        cfg = dataclasses.replace(cfg, federation=dataclasses.replace(cfg.federation, runtime=runtime))
     table = _runtimes()
     if cfg.federation.runtime not in table:
         raise ConfigError("runtime", cfg.federation.runtime, sorted(table) or "install fedpeft[flower] for flower-sim")
