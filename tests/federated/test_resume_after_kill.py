@@ -15,7 +15,7 @@ import tomli_w
 import torch
 from safetensors.torch import load_file
 
-from conftest import small_job  # type: ignore[import-not-found]
+from federated.conftest import small_job  # type: ignore[import-not-found]
 
 ROUNDS = 5
 

@@ -8,7 +8,7 @@ import pytest
 import tomli_w
 import torch
 
-from conftest import small_job  # type: ignore[import-not-found]
+from federated.conftest import small_job  # type: ignore[import-not-found]
 from fedpeft.cli import main
 
 

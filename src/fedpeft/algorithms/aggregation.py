@@ -217,9 +217,8 @@ def check_update(
             if not bool(torch.isfinite(t).all()):
                 raise AggregationError(f"{name}[{k!r}] contains NaN or infinite values")
         raise AggregationError(f"{name} has an L2 norm that overflows")
-    if max_norm is not None:
-        if norm > max_norm:
-            raise AggregationError(f"{name} has L2 norm {norm:.4g} above the bound max_norm={max_norm:.4g}")
+    if max_norm is not None and norm > max_norm:
+        raise AggregationError(f"{name} has L2 norm {norm:.4g} above the bound max_norm={max_norm:.4g}")
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -65,6 +65,10 @@ class Msg:
     def __post_init__(self) -> None:
         if not ACTION_RE.match(self.action):
             raise ValueError(f"message action {self.action!r} is invalid; expected train|evaluate|query[.<identifier>]")
+        # Flower's ConfigRecord holds only these; checking here makes every runtime reject the same messages.
+        for key, value in self.config.items():
+            if not isinstance(value, (int, float, str, bool)):
+                raise ValueError(f"message config {key!r}={value!r} must be an int, float, str or bool")
 
 
 @dataclass
@@ -98,6 +102,12 @@ class Grid(Protocol):
         """Deliver ``(client_id, msg)`` pairs, wait for the replies; one :class:`Reply` per message, sorted by
         client id (a client that failed or timed out gets a Reply with ``error`` set). Bytes go to the ledger."""
         ...
+
+    def state_dict(self) -> dict[str, Any]:
+        """Client states the runtime holds (if any) and the ledger, for checkpoints."""
+        ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
 @dataclass

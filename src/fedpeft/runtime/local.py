@@ -52,13 +52,15 @@ class LocalGrid:
             if wire is None:
                 wire = encoded[id(msg.arrays)] = encode_state(dict(msg.arrays), down)
             self.ledger.record(round, cid, "down", wire.nbytes)
-            ctx = ClientContext(cid, self.model, self.clients[cid], self.states[cid], self.cfg)
+            # The handler works on a copy of the client's state, kept only if it succeeds (as Flower does).
+            ctx = ClientContext(cid, self.model, self.clients[cid], dict(self.states[cid]), self.cfg)
             t0 = time.perf_counter()
             try:
                 out = serve(self.app, ctx, Packet(msg.action, wire, dict(msg.config)))
             except Exception as exc:  # a failing client is a failed reply, as on Flower; the server logs it
                 replies.append(Reply(cid, None, f"{type(exc).__name__}: {exc}", 0, wire.nbytes))
                 continue
+            self.states[cid] = ctx.state
             self.ledger.record(round, cid, "up", out.nbytes)
             replies.append(Reply(cid, unpack(out), None, out.nbytes, wire.nbytes, time.perf_counter() - t0))
         return replies
@@ -80,12 +82,4 @@ def run_local(session: Session) -> None:
     data = build_federated_data(cfg, tokenizer)
     server = ServerModel(cfg, model, data.task, session.run.path)
     grid = LocalGrid(get_algorithm(cfg.federation.algorithm).client_app, model, cfg, data.clients, session.quiet)
-    if session.resume is not None:
-        grid.load_state_dict(session.resume["grid"])
-    ctx, close = session.server_context(server, lambda: {"grid": grid.state_dict()})
-    session.log_setup(server, data)
-    algo = session.make_algorithm(ctx)
-    results = algo.run(grid, session.start_round)
-    close()
-    server.save(algo.global_state(), "adapter")
-    session.finish(results, server.size(), grid.ledger.total("up"), grid.ledger.total("down"))
+    session.execute(grid, server, data)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from fedpeft.algorithms import get_algorithm
-from fedpeft.algorithms.base import Algorithm, ServerContext
+from fedpeft.algorithms.base import Algorithm, Grid, ServerContext
 from fedpeft.config import RunConfig, load_config
 from fedpeft.errors import ConfigError
 from fedpeft.runs import RunDir
@@ -84,6 +84,18 @@ class Session:
             partition=data.partition,
             **server.size(),
         )
+
+    def execute(self, grid: Grid, server: ServerModel, data: FederatedData) -> None:
+        """The part every runtime shares once it has a grid: restore, run the rounds, save, summarise."""
+        if self.resume is not None:
+            grid.load_state_dict(self.resume["grid"])
+        ctx, close = self.server_context(server, lambda: {"grid": grid.state_dict()})
+        self.log_setup(server, data)
+        algo = self.make_algorithm(ctx)
+        results = algo.run(grid, self.start_round)
+        close()
+        server.save(algo.global_state(), "adapter")
+        self.finish(results, server.size(), grid.ledger.total("up"), grid.ledger.total("down"))
 
     def make_algorithm(self, ctx: ServerContext) -> Algorithm:
         algo = get_algorithm(self.cfg.federation.algorithm)(self.cfg, ctx)

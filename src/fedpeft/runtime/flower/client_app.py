@@ -1,0 +1,217 @@
+"""The Flower ClientApp of fedpeft: one module-level app that serves every registered algorithm.
+
+It must live in an importable module (not ``__main__``, not a closure): Ray then pickles ``app`` by reference, each
+worker process imports this module once, and :data:`_CACHE` (model + client data) survives across messages in that
+process. Flower does not pin nodes to workers, so everything per *client* (error-feedback residuals, ...) lives in
+the node's ``context.state`` instead, which Flower ships to whichever worker runs the message.
+
+Each message carries the run's resolved config as TOML text in its header; a worker builds the model and the
+federated data from it once (both deterministic from the config, so every process holds identical copies), picks
+the client's data by ``node_config["partition-id"]`` and runs :func:`fedpeft.comm.transport.serve`, the same client
+path as the ``local`` runtime.
+
+Besides the algorithms' actions, three control queries are registered (prefix ``fedpeft_``, reserved):
+``query.fedpeft_hello`` (partition id of the node, and warm-up of the worker), ``query.fedpeft_state_get`` and
+``query.fedpeft_state_set`` (read / replace the node's client state, for checkpoints and resume).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import tomllib
+
+# torch must be imported in the worker before ArrayRecord.to_torch_state_dict() is called (Flower checks
+# sys.modules), so import it here at the top rather than lazily.
+import torch
+from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
+from flwr.clientapp import ClientApp as FlowerClientApp
+
+import fedpeft.algorithms.fedavg  # noqa: F401  (registers the built-in algorithms before we read the registry)
+from fedpeft.algorithms import get_algorithm
+from fedpeft.algorithms.base import ClientContext, ClientData
+from fedpeft.comm.transport import serve
+from fedpeft.config import RunConfig, from_dict
+from fedpeft.registry import ALGORITHMS
+from fedpeft.runtime.flower.records import (
+    HEADER,
+    packet_to_records,
+    read_header,
+    records_to_packet,
+    records_to_state,
+    state_to_records,
+)
+from fedpeft.runtime.setup import build_federated_data, build_model
+
+__all__ = [
+    "CONFIG_KEY",
+    "HELLO",
+    "PARTITION_KEY",
+    "SECONDS_KEY",
+    "STATE_GET",
+    "STATE_KEYS",
+    "STATE_SET",
+    "app",
+    "flower_actions",
+]
+
+#: header entries added by this runtime (see records.packet_to_records ``extra``)
+CONFIG_KEY = "run_config"  # resolved RunConfig as TOML text, on every message the server sends
+SECONDS_KEY = "seconds"  # time the client spent serving the message, on every reply
+STATE_KEYS = "state_keys"  # number of entries in the client's state after the message, on every reply
+PARTITION_KEY = "partition_id"  # in the hello reply
+
+CONTROL_PREFIX = "fedpeft_"
+HELLO = f"query.{CONTROL_PREFIX}hello"
+STATE_GET = f"query.{CONTROL_PREFIX}state_get"
+STATE_SET = f"query.{CONTROL_PREFIX}state_set"
+#: records of the client state in ``context.state`` (and in state_get / state_set messages)
+STATE_TENSORS, STATE_SCALARS = "fedpeft_state_tensors", "fedpeft_state_scalars"
+#: ErrorCode.CLIENT_APP_RAISED_EXCEPTION (flwr.common.constant); the code Flower itself uses for a raising handler
+CLIENT_EXCEPTION_CODE = 2
+
+app = FlowerClientApp()
+
+
+@dataclass
+class _Worker:
+    """What one worker process builds once per run: the config, the model (adapter attached) and all clients' data."""
+
+    cfg: RunConfig
+    model: torch.nn.Module
+    clients: list[ClientData]
+
+
+# One entry at most: a worker serves one run; a different config text means a new run, so the old one is dropped.
+_CACHE: dict[str, _Worker] = {}
+
+
+def _worker(config_text: str) -> _Worker:
+    hit = _CACHE.get(config_text)
+    if hit is not None:
+        return hit
+    _CACHE.clear()
+    # Each actor is given one CPU (client_resources.num_cpus=1); more threads would oversubscribe the machine.
+    # Set here, not at import, because the driver imports this module too and must keep its own thread count.
+    torch.set_num_threads(1)
+    cfg = from_dict(RunConfig, tomllib.loads(config_text))
+    model, tokenizer = build_model(cfg)
+    data = build_federated_data(cfg, tokenizer)
+    worker = _CACHE[config_text] = _Worker(cfg, model, data.clients)
+    return worker
+
+
+def _partition_id(context: Context) -> int:
+    return int(context.node_config["partition-id"])
+
+
+def _load_state(context: Context) -> dict[str, Any]:
+    if STATE_TENSORS not in context.state:
+        return {}
+    return records_to_state(context.state.array_records[STATE_TENSORS], context.state.config_records[STATE_SCALARS])
+
+
+def _store_state(context: Context, state: dict[str, Any]) -> None:
+    tensors, scalars = state_to_records(state)
+    context.state[STATE_TENSORS] = tensors
+    context.state[STATE_SCALARS] = scalars
+
+
+def _error_reply(msg: Message) -> Message:
+    # Returning an Error (instead of raising) keeps Flower from logging ~100 lines of Ray traceback per failure,
+    # and the reason ends with "<Type>: <message>" like the local runtime's failures (the server logs its tail).
+    # context.state is left as it was: the handler only writes it back on success.
+    reason = re.sub(r"\x1b\[[0-9;]*m", "", traceback.format_exc()).rstrip()
+    return Message(Error(code=CLIENT_EXCEPTION_CODE, reason=reason), reply_to=msg)
+
+
+def handle(msg: Message, context: Context) -> Message:
+    """Serve one fedpeft message: the Flower handler registered for every algorithm action.
+
+    Parameters
+    ----------
+    msg : Message
+        Content packed by :func:`~fedpeft.runtime.flower.records.packet_to_records` with the run config TOML
+        in the header.
+    context : Context
+        The node's context; ``node_config["partition-id"]`` is the fedpeft client id and ``state`` holds the
+        client's persistent state.
+
+    Returns
+    -------
+    Message
+        The reply packet (uplink-compressed by :func:`~fedpeft.comm.transport.serve`), or an error reply.
+    """
+    try:
+        t0 = time.perf_counter()
+        worker = _worker(str(read_header(msg.content, CONFIG_KEY)))
+        packet = records_to_packet(msg.content)
+        if packet.action != msg.metadata.message_type:
+            raise ValueError(f"message type {msg.metadata.message_type!r} differs from its action {packet.action!r}")
+        cid = _partition_id(context)
+        state = _load_state(context)
+        algorithm = get_algorithm(worker.cfg.federation.algorithm)
+        ctx = ClientContext(cid, worker.model, worker.clients[cid], state, worker.cfg)
+        out = serve(algorithm.client_app, ctx, packet)
+        extra = {SECONDS_KEY: time.perf_counter() - t0, STATE_KEYS: len(state)}
+        content = packet_to_records(out, extra=extra)
+        _store_state(context, state)
+    except Exception:
+        return _error_reply(msg)
+    return Message(content, reply_to=msg)
+
+
+@app.query(HELLO.split(".", 1)[1])
+def hello(msg: Message, context: Context) -> Message:
+    """Report this node's partition id (the fedpeft client id) and build the worker's model and data now, so that
+    start-up cost (and start-up errors) show here rather than inside the first round's timeout."""
+    try:
+        _worker(str(read_header(msg.content, CONFIG_KEY)))
+        content = RecordDict({HEADER: ConfigRecord({PARTITION_KEY: _partition_id(context)})})
+    except Exception:
+        return _error_reply(msg)
+    return Message(content, reply_to=msg)
+
+
+@app.query(STATE_GET.split(".", 1)[1])
+def state_get(msg: Message, context: Context) -> Message:
+    """Reply with the node's client state records (empty records when it has none)."""
+    tensors, scalars = state_to_records(_load_state(context))
+    return Message(RecordDict({STATE_TENSORS: tensors, STATE_SCALARS: scalars}), reply_to=msg)
+
+
+@app.query(STATE_SET.split(".", 1)[1])
+def state_set(msg: Message, context: Context) -> Message:
+    """Replace the node's client state by the records in the message (resume from a checkpoint)."""
+    context.state[STATE_TENSORS] = msg.content.array_records[STATE_TENSORS]
+    context.state[STATE_SCALARS] = msg.content.config_records[STATE_SCALARS]
+    return Message(RecordDict(), reply_to=msg)
+
+
+def flower_actions() -> list[str]:
+    """Every action of every registered algorithm's client app (the Flower message types we must handle)."""
+    actions: set[str] = set()
+    for name, cls in ALGORITHMS.items():
+        client_app = getattr(cls, "client_app", None)
+        if client_app is None:
+            raise TypeError(f"algorithm {name!r} ({cls.__qualname__}) has no client_app")
+        actions.update(client_app.actions)
+    return sorted(actions)
+
+
+def _register(action: str) -> None:
+    category, _, name = action.partition(".")
+    if name.startswith(CONTROL_PREFIX):
+        raise ValueError(f"action {action!r}: the prefix {CONTROL_PREFIX!r} is reserved for the Flower runtime")
+    decorators: dict[str, Callable[..., Any]] = {"train": app.train, "evaluate": app.evaluate, "query": app.query}
+    decorators[category](name or "default")(handle)
+
+
+# Flower maps a bare "train" to "train.default": register each normalised name once.
+for _action in sorted({a if "." in a else f"{a}.default" for a in flower_actions()}):
+    _register(_action)

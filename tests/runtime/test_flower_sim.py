@@ -1,0 +1,301 @@
+"""The ``flower-sim`` runtime: record conversion, FlowerGrid over an in-process fake of Flower's grid, and the
+acceptance test (same seeded FedAvg job on ``local`` and ``flower-sim`` gives the same adapter and bytes)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+pytest.importorskip("flwr", reason="flower-sim needs fedpeft[flower]")
+
+from flwr.app import Context, Error, Message, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+from safetensors.torch import load_file
+
+from fedpeft.algorithms import get_algorithm
+from fedpeft.algorithms.base import Msg
+from fedpeft.comm.codec import decode_state, encode_state
+from fedpeft.comm.transport import Packet
+from fedpeft.config import RunConfig, from_dict
+from fedpeft.registry import ALGORITHMS
+from fedpeft.runtime import run_federated
+from fedpeft.runtime.flower import client_app as flower_client_module
+from fedpeft.runtime.flower import config_text
+from fedpeft.runtime.flower.grid import FlowerGrid
+from fedpeft.runtime.flower.records import (
+    packet_to_records,
+    read_header,
+    records_to_packet,
+    records_to_state,
+    state_to_records,
+)
+from fedpeft.runtime.local import LocalGrid
+from fedpeft.runtime.setup import build_federated_data, build_model
+
+
+def _job(tmp_path: Path, **federation: Any) -> RunConfig:
+    """The acceptance job: tiny-small on SST-2, 3 clients, 2 rounds of 3 local steps, LoRA r=4 on q/v."""
+    return from_dict(
+        RunConfig,
+        {
+            "name": "fsim",
+            "seed": 3,
+            "output_dir": str(tmp_path),
+            "model": {"name": "tiny-small"},
+            "data": {"dataset": "sst2", "max_length": 64, "train_limit": 600, "eval_limit": 100},
+            "adapter": {"method": "lora", "r": 4, "target_modules": ["q_proj", "v_proj"]},
+            "train": {"steps": 3, "batch_size": 8, "lr": 4e-3},
+            "federation": {"rounds": 2, "num_clients": 3, **federation},
+        },
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------- records
+def test_packet_round_trips_through_flower_records() -> None:
+    g = torch.Generator().manual_seed(0)
+    state = {
+        "layers.0.q_proj.lora_A.weight": torch.randn(4, 6, generator=g),
+        "layers.0.q_proj.lora_B.weight": torch.randn(6, 4, generator=g),
+    }
+    wire = encode_state(state, "bf16")  # bf16 payloads travel bit-cast to int16, tagged in the meta
+    assert any(e["bitcast"] for e in wire.meta["entries"])
+    config = {"round": 3, "lr": 0.5, "mode": "svd", "flag": True}
+    metrics = {"num_examples": 12, "loss": 0.25}
+    content = packet_to_records(Packet("train.fltac", wire, config, metrics), extra={"run_config": "x = 1\n"})
+
+    back = records_to_packet(content)
+    assert back.action == "train.fltac"
+    assert back.wire.meta == wire.meta and back.wire.nbytes == wire.nbytes
+    assert list(back.wire.tensors) == list(wire.tensors)
+    for key, tensor in wire.tensors.items():
+        assert back.wire.tensors[key].dtype == tensor.dtype and torch.equal(back.wire.tensors[key], tensor)
+    assert back.config == config and {k: type(v) for k, v in back.config.items()} == {
+        "round": int,
+        "lr": float,
+        "mode": str,
+        "flag": bool,
+    }
+    assert back.metrics == metrics and isinstance(back.metrics["num_examples"], int)
+    assert read_header(content, "run_config") == "x = 1\n"
+    decoded, direct = decode_state(back.wire), decode_state(wire)
+    assert all(torch.equal(decoded[k], direct[k]) and decoded[k].dtype == torch.float32 for k in state)
+
+
+def test_records_reject_what_flower_cannot_carry() -> None:
+    wire = encode_state({"w": torch.zeros(2)}, "none")
+    with pytest.raises(TypeError, match="'bad'"):
+        packet_to_records(Packet("train", wire, {"bad": None}))
+    with pytest.raises(TypeError, match="'acc'"):
+        packet_to_records(Packet("train", wire, {}, {"acc": "high"}))  # type: ignore[dict-item]
+    with pytest.raises(ValueError, match="reserved"):
+        packet_to_records(Packet("train", wire), extra={"action": "evaluate"})
+    with pytest.raises(ValueError, match="lacks the record"):
+        records_to_packet(RecordDict())
+
+
+def test_client_state_round_trips_including_bf16() -> None:
+    state = {
+        "ef/w": torch.randn(3, 2).to(torch.bfloat16),
+        "ef/v": torch.arange(4, dtype=torch.float32),
+        "count": 7,
+        "name": "c1",
+        "on": False,
+    }
+    back = records_to_state(*state_to_records(state))
+    assert back.keys() == state.keys()
+    for key, value in state.items():
+        if isinstance(value, torch.Tensor):
+            assert back[key].dtype == value.dtype and torch.equal(back[key], value)
+        else:
+            assert back[key] == value and type(back[key]) is type(value)
+    with pytest.raises(TypeError, match="'nested'"):
+        state_to_records({"nested": {"a": 1}})
+
+
+def test_client_app_handles_every_registered_action() -> None:
+    registered = set(flower_client_module.app._registered_funcs)  # Flower keeps "<category>.<action>" names
+    for _, cls in ALGORITHMS.items():
+        for action in cls.client_app.actions:
+            assert (action if "." in action else f"{action}.default") in registered
+    assert {"query.fedpeft_hello", "query.fedpeft_state_get", "query.fedpeft_state_set"} <= registered
+
+
+def test_config_text_round_trips(tmp_path: Path) -> None:
+    import tomllib
+
+    cfg = _job(tmp_path, timeout=30.0)
+    assert from_dict(RunConfig, tomllib.loads(config_text(cfg))) == cfg
+
+
+# ------------------------------------------------------------------------------- FlowerGrid, no simulation engine
+class InProcessGrid:
+    """Flower's grid API served in this process: each message is handed to the real fedpeft Flower ClientApp with
+    a per-node Context (what Flower's engine does in Ray workers); exceptions become error replies as in Flower."""
+
+    def __init__(self, num_nodes: int, drop: Iterable[int] = ()) -> None:
+        self.contexts = {  # node ids in the opposite order of partition ids, like Flower's random ids can be
+            2000 - 7 * i: Context(1, 2000 - 7 * i, {"partition-id": i, "num-partitions": num_nodes}, RecordDict(), {})
+            for i in range(num_nodes)
+        }
+        self.drop = set(drop)  # partitions whose replies never arrive (a timeout)
+        self.calls: list[list[int]] = []
+
+    def get_node_ids(self) -> list[int]:
+        return list(self.contexts)
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:
+        msgs = list(messages)
+        nodes = [m.metadata.dst_node_id for m in msgs]
+        assert len(nodes) == len(set(nodes)), "FlowerGrid must not send two messages to one node in one call"
+        self.calls.append(nodes)
+        out = []
+        for m in msgs:
+            ctx = self.contexts[m.metadata.dst_node_id]
+            if int(ctx.node_config["partition-id"]) in self.drop and not m.metadata.message_type.startswith("query"):
+                continue
+            try:
+                out.append(flower_client_module.app(m, ctx))
+            except Exception as exc:
+                out.append(Message(Error(code=2, reason=f"{type(exc).__name__}: {exc}"), reply_to=m))
+        return out
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[RunConfig, str, torch.nn.Module, list[Any]]:
+    """Model + data built once for the in-process tests (top-k uplink: clients get error-feedback state)."""
+    cfg = _job(tmp_path_factory.mktemp("inproc"), local_test_fraction=0.2)
+    cfg.data.train_limit = 150
+    cfg.train.steps = 1
+    cfg.comm.up = "topk"
+    cfg.comm.topk_ratio = 0.25
+    model, tokenizer = build_model(cfg)
+    return cfg, config_text(cfg), model, build_federated_data(cfg, tokenizer).clients
+
+
+@pytest.fixture()
+def in_process(built: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """``built``, shared by a LocalGrid and the Flower client module's worker cache, with Flower's run identity set."""
+    cfg, text, model, clients = built
+    # Message() needs a run identity, which only a Flower run sets (private attributes; restored after the test)
+    for attr, value in (("_run_id", 1), ("_node_id", 0), ("_task_id", 1)):
+        monkeypatch.setattr(TaskIdentity, attr, value)
+    monkeypatch.setattr(flower_client_module, "_CACHE", {text: flower_client_module._Worker(cfg, model, clients)})
+    return cfg, text, model, clients, get_algorithm("fedavg").client_app
+
+
+@pytest.mark.slow
+def test_flower_grid_matches_local_grid(in_process: Any) -> None:
+    cfg, text, model, clients, app = in_process
+    from fedpeft.adapters import adapter_state
+
+    local = LocalGrid(app, model, cfg, clients)
+    fake = InProcessGrid(3)
+    grid = FlowerGrid(fake, cfg, text)  # type: ignore[arg-type]
+    assert grid.nodes == {0: 2000, 1: 1993, 2: 1986}
+    state = adapter_state(model)
+    msgs = [(c, Msg("train", state, {"round": 1})) for c in (2, 0, 1)]
+    want, got = local.send_and_receive(msgs, round=1), grid.send_and_receive(msgs, round=1)
+    assert [r.client_id for r in got] == [0, 1, 2]
+    for w, g in zip(want, got, strict=True):
+        assert g.ok and w.msg is not None and g.msg is not None
+        assert (g.bytes_up, g.bytes_down) == (w.bytes_up, w.bytes_down)
+        assert g.msg.metrics["num_examples"] == w.msg.metrics["num_examples"]
+        for k, v in w.msg.arrays.items():
+            torch.testing.assert_close(g.msg.arrays[k], v, atol=1e-6, rtol=0)
+    assert grid.ledger.per_round() == local.ledger.per_round() and grid.ledger.total() > 0
+
+    # the error-feedback residuals live on the nodes, and checkpoints read them back in the local layout
+    saved, want_states = grid.state_dict(), local.state_dict()["states"]
+    assert set(saved["states"][0]) == set(want_states[0]) and any(k.startswith("ef/") for k in want_states[0])
+    for cid, st in want_states.items():
+        for k, v in st.items():
+            torch.testing.assert_close(saved["states"][cid][k], v, atol=1e-6, rtol=0)
+    fresh = FlowerGrid(InProcessGrid(3), cfg, text)  # type: ignore[arg-type]
+    fresh.load_state_dict(saved)
+    assert fresh.ledger.per_round() == grid.ledger.per_round()
+    again = fresh.state_dict()["states"]
+    assert all(torch.equal(again[2][k], saved["states"][2][k]) for k in saved["states"][2])
+
+
+@pytest.mark.slow
+def test_flower_grid_failures_timeouts_and_waves(in_process: Any) -> None:
+    cfg, text, model, _, app = in_process
+    from fedpeft.adapters import adapter_state
+
+    fake = InProcessGrid(3, drop=[1])
+    grid = FlowerGrid(fake, cfg, text)  # type: ignore[arg-type]
+    state = adapter_state(model)
+    fake.calls.clear()
+    msgs = [
+        (0, Msg("train", state, {"round": 1})),
+        (2, Msg("train", state, {})),  # no "round": the FedAvg handler raises KeyError
+        (1, Msg("train", state, {"round": 1})),  # dropped: times out
+        (0, Msg("evaluate", state, {"round": 1, "limit": 4})),  # second message to client 0: a second wave
+        (2, Msg("query.nothere", state)),  # no handler: fails on the server, as in the local runtime
+    ]
+    replies = grid.send_and_receive(msgs, round=1, timeout=60)
+    assert [r.client_id for r in replies] == [0, 0, 1, 2, 2]
+    assert replies[0].ok and replies[0].msg is not None and replies[0].msg.action == "train"
+    assert replies[1].ok and replies[1].msg is not None and "num_examples" in replies[1].msg.metrics
+    assert replies[2].error == "timeout" and replies[2].bytes_up == 0
+    assert replies[3].error is not None and replies[3].error.endswith("KeyError: 'round'")
+    with pytest.raises(ValueError) as exc_info:  # what the local runtime reports for the same message
+        app.handle(None, Msg("query.nothere"))  # type: ignore[arg-type]
+    assert replies[4].error == f"ValueError: {exc_info.value}"
+    assert len(fake.calls) == 2 and sorted(fake.calls[0]) == [1986, 1993, 2000] and fake.calls[1] == [2000]
+    # down is counted for every message (as in the local runtime); up only for replies that came back
+    wire_bytes = encode_state(dict(state), "none").nbytes
+    assert grid.ledger.total("down") == 5 * wire_bytes
+    assert grid.ledger.per_client("up").keys() == {"0"}
+    # a failed client keeps its previous state (Flower drops a failed call's context changes)
+    assert "fedpeft_state_tensors" not in fake.contexts[1986].state  # client 2 never succeeded
+    with pytest.raises(ValueError, match="client id 5"):
+        grid.send_and_receive([(5, Msg("train", state, {}))], round=1)
+
+
+# ------------------------------------------------------------------------------------------------- acceptance
+def _summary_and_events(run_path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    summary = json.loads((run_path / "summary.json").read_text())
+    events = [json.loads(line) for line in (run_path / "metrics.jsonl").read_text().splitlines()]
+    return summary, events
+
+
+@pytest.fixture()
+def one_torch_thread() -> Any:
+    """Run the local runtime with one torch thread, like each Flower worker: the same arithmetic on both sides, and
+    on a busy two-core machine 2-4x faster than two threads waiting for each other."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("one_torch_thread")
+def test_flower_sim_reproduces_the_local_runtime(tmp_path: Path) -> None:
+    local = run_federated(_job(tmp_path / "local"), runtime="local", quiet=True).path
+    flower = run_federated(_job(tmp_path / "flower"), runtime="flower-sim", quiet=True).path
+
+    want = load_file(local / "adapter" / "adapter_model.safetensors")
+    got = load_file(flower / "adapter" / "adapter_model.safetensors")
+    assert got.keys() == want.keys() and want
+    for key, value in want.items():
+        torch.testing.assert_close(got[key], value, atol=1e-5, rtol=0)
+
+    (s_local, e_local), (s_flower, e_flower) = _summary_and_events(local), _summary_and_events(flower)
+    assert s_flower["runtime"] == "flower-sim" and s_local["runtime"] == "local"
+    assert (s_flower["bytes_up"], s_flower["bytes_down"]) == (s_local["bytes_up"], s_local["bytes_down"])
+    assert s_local["bytes_up"] > 0
+
+    def count(events: list[dict[str, Any]], name: str) -> int:
+        return sum(e["event"] == name for e in events)
+
+    assert count(e_flower, "client_train") == count(e_local, "client_train") == 3 * 2
+    assert count(e_flower, "failure") == count(e_local, "failure") == 0
+    rounds = [(e["bytes_up"], e["bytes_down"]) for e in e_flower if e["event"] == "round"]
+    assert rounds == [(e["bytes_up"], e["bytes_down"]) for e in e_local if e["event"] == "round"]
