@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/fedpeft finetune recipes/demo.toml
+	$(BIN)/fedpeft run recipes/demo.toml
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

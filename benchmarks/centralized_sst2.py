@@ -2,8 +2,8 @@
 
     python benchmarks/centralized_sst2.py [--models tiny-small tiny-large]
 
-Runs the recipes recipes/demo.toml (tiny-small) and recipes/sst2_lora_tiny_large.toml (tiny-large) through the same
-code path as `fedpeft finetune`, and writes benchmarks/results/centralized_sst2.json.
+Runs the recipes recipes/sst2_lora_tiny_small.toml (tiny-small) and recipes/sst2_lora_tiny_large.toml (tiny-large)
+through the same code path as `fedpeft finetune`, and writes benchmarks/results/centralized_sst2.json.
 """
 
 from __future__ import annotations
@@ -18,7 +18,10 @@ from fedpeft.config import JobConfig, load_config
 from fedpeft.training.centralized import run_centralized
 
 ROOT = Path(__file__).resolve().parents[1]
-RECIPES = {"tiny-small": ROOT / "recipes" / "demo.toml", "tiny-large": ROOT / "recipes" / "sst2_lora_tiny_large.toml"}
+RECIPES = {
+    "tiny-small": ROOT / "recipes" / "sst2_lora_tiny_small.toml",
+    "tiny-large": ROOT / "recipes" / "sst2_lora_tiny_large.toml",
+}
 
 
 def main() -> None:

@@ -33,7 +33,8 @@ of many calls) and multiplied by how often a round does it, to show where the ex
     python benchmarks/federated_overhead.py [--clients 10] [--steps 5] [--batch-size 16] [--repeats 7]
     python benchmarks/federated_overhead.py --quick --out /tmp/federated_overhead.json   # smoke run, seconds
 
-``--runtime flower-sim`` is a hook: see :func:`flower_sim_runner` (to be filled in once that runtime exists).
+The flower-sim runtime is compared with the same plain loop by benchmarks/flower_sim_overhead.py (Flower drives
+the server loop itself there, so its rounds cannot be interleaved with the plain loop's).
 Writes benchmarks/results/federated_overhead.json (or ``--out``) and prints a Markdown table.
 """
 
@@ -176,19 +177,8 @@ class PlainRunner:
         return self.global_state
 
 
-def flower_sim_runner(cfg: RunConfig, model: torch.nn.Module, data: FederatedData, run: RunDir) -> Any:
-    """TODO(flower-sim): return an object with ``round(rnd) -> seconds`` and ``state() -> State`` running one
-    ``FedAvg.fit_round`` over a :class:`fedpeft.runtime.flower.FlowerGrid`. Flower drives the server program from
-    inside its ServerApp, so the simplest fair hook is: run ``run_federated(cfg, runtime="flower-sim")`` with
-    ``federation.rounds = repeats + 1`` and read each ``round`` event's ``seconds`` (minus its ``eval`` time, or
-    with a tiny ``data.eval_limit``), then compare with the local runner's median. Adding it here is then a few
-    lines in :func:`main` (the ``RUNNERS`` table)."""
-    raise NotImplementedError("--runtime flower-sim is not wired into this benchmark yet (see flower_sim_runner)")
-
-
 RUNNERS: dict[str, Callable[..., Any]] = {
     "local": lambda cfg, model, data, run: FedpeftRunner(cfg, model, data, run),
-    "flower-sim": flower_sim_runner,
 }
 
 

@@ -131,6 +131,7 @@ class FederationConfig:
     client_eval_limit: int = 64  # at most this many local test examples per client
     max_update_norm: float | None = None  # reject client updates with a larger L2 norm
     timeout: float | None = None  # seconds to wait for replies in a round (None = wait for all)
+    lr_decay: str = "constant"  # client learning rate across rounds: constant, linear or cosine decay to 0
     runtime: str = "local"
     save_adapters_every: int = 1  # write adapters/round_NNNN every N rounds (0 = only the final adapter)
 
@@ -151,6 +152,8 @@ class FederationConfig:
             raise ConfigError("federation.max_update_norm", self.max_update_norm, "a number > 0 or omitted")
         if self.timeout is not None and not self.timeout > 0:
             raise ConfigError("federation.timeout", self.timeout, "a number of seconds > 0 or omitted")
+        if self.lr_decay not in ("constant", "linear", "cosine"):
+            raise ConfigError("federation.lr_decay", self.lr_decay, ["constant", "linear", "cosine"])
         if self.runtime not in RUNTIMES:
             raise ConfigError("federation.runtime", self.runtime, RUNTIMES)
         try:

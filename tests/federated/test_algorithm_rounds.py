@@ -3,6 +3,7 @@ optimizers, update validation, sampling, heterogeneous ranks, checkpoint state."
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any
 
@@ -240,3 +241,13 @@ def test_client_app_dispatch_and_errors():
         Msg("fit")
     with pytest.raises(ValueError, match="invalid"):
         app.on("train.a.b")
+
+
+def test_client_learning_rate_follows_lr_decay_across_rounds():
+    algo, _ = make("fedavg", federation={"lr_decay": "cosine", "rounds": 4}, train={"lr": 0.01})
+    lrs = [algo.train_config(r, 0)["lr"] for r in range(1, 5)]
+    assert lrs[0] == pytest.approx(0.01)
+    assert all(a > b for a, b in itertools.pairwise(lrs))
+    assert lrs[-1] == pytest.approx(0.01 * 0.5 * (1 + math.cos(math.pi * 3 / 4)))
+    flat, _ = make("fedavg", train={"lr": 0.01})
+    assert {flat.train_config(r, 0)["lr"] for r in (1, 2)} == {0.01}

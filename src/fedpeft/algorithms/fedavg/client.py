@@ -6,6 +6,7 @@ error feedback), and lets robust aggregators and server optimizers work on pseud
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 
 import torch
@@ -51,10 +52,11 @@ def train_handler(ctx: ClientContext, msg: Msg) -> Msg:
     load_adapter_state(ctx.model, start)
     mu = float(msg.config.get("proximal_mu", 0.0))
     extra = proximal_term(ctx.model, start, mu) if mu > 0 else None
+    local_cfg = dataclasses.replace(ctx.cfg.train, lr=float(msg.config.get("lr", ctx.cfg.train.lr)))
     result = train(
         ctx.model,
         ctx.data.train,
-        ctx.cfg.train,
+        local_cfg,
         ctx.data.collate,
         word_ids=ctx.data.word_ids,
         extra_loss=extra,
