@@ -38,7 +38,7 @@ from fedpeft.runtime.local import LocalGrid
 from fedpeft.runtime.setup import build_federated_data, build_model
 
 
-def _job(tmp_path: Path, **federation: Any) -> RunConfig:
+def _job(tmp_path: Path, algorithm_table: dict[str, Any] | None = None, **federation: Any) -> RunConfig:
     """The acceptance job: tiny-small on SST-2, 3 clients, 2 rounds of 3 local steps, LoRA r=4 on q/v."""
     return from_dict(
         RunConfig,
@@ -51,6 +51,7 @@ def _job(tmp_path: Path, **federation: Any) -> RunConfig:
             "adapter": {"method": "lora", "r": 4, "target_modules": ["q_proj", "v_proj"]},
             "train": {"steps": 3, "batch_size": 8, "lr": 4e-3},
             "federation": {"rounds": 2, "num_clients": 3, **federation},
+            "algorithm": algorithm_table or {},
         },
     )
 
@@ -275,11 +276,17 @@ def one_torch_thread() -> Any:
     torch.set_num_threads(before)
 
 
+# FLoRA also exercises a custom action pair (train.flora / evaluate.flora), dense client state kept in Flower's
+# context.state across rounds, and growing downlink payloads.
+FLORA = {"algorithm_table": {"client_ranks": [2, 4]}, "algorithm": "flora", "client_eval_every": 1}
+
+
 @pytest.mark.slow
 @pytest.mark.usefixtures("one_torch_thread")
-def test_flower_sim_reproduces_the_local_runtime(tmp_path: Path) -> None:
-    local = run_federated(_job(tmp_path / "local"), runtime="local", quiet=True).path
-    flower = run_federated(_job(tmp_path / "flower"), runtime="flower-sim", quiet=True).path
+@pytest.mark.parametrize("setting", [{}, FLORA], ids=["fedavg", "flora"])
+def test_flower_sim_reproduces_the_local_runtime(tmp_path: Path, setting: dict[str, Any]) -> None:
+    local = run_federated(_job(tmp_path / "local", **setting), runtime="local", quiet=True).path
+    flower = run_federated(_job(tmp_path / "flower", **setting), runtime="flower-sim", quiet=True).path
 
     want = load_file(local / "adapter" / "adapter_model.safetensors")
     got = load_file(flower / "adapter" / "adapter_model.safetensors")

@@ -233,6 +233,7 @@ class Algorithm(abc.ABC):
         self.opts = cfg.algorithm
         self.server = server
         self.history: list[dict[str, Any]] = []  # global eval per evaluated round (round 0 = before training)
+        self.replied: list[int] = []  # clients whose last collect() reply came back without error
 
     # ------------------------------------------------------------------ hooks
     @classmethod
@@ -256,6 +257,14 @@ class Algorithm(abc.ABC):
         self.history = list(state["history"])
 
     # ------------------------------------------------------------------ shared steps
+    def client_lr(self, rnd: int) -> float:
+        """The clients' learning rate in round ``rnd``: ``train.lr`` annealed across rounds by
+        ``federation.lr_decay`` (each client's ``train.schedule`` still shapes it within its local steps)."""
+        from fedpeft.training.loop import lr_factor
+
+        fed = self.cfg.federation
+        return self.cfg.train.lr * lr_factor(rnd - 1, fed.rounds, 0, fed.lr_decay)
+
     def sample_clients(self, rnd: int, ids: Sequence[int]) -> list[int]:
         """``clients_per_round`` distinct ids, drawn with a generator seeded by (seed, round): resumable."""
         k = min(self.cfg.federation.clients_per_round, len(ids))
@@ -277,6 +286,7 @@ class Algorithm(abc.ABC):
         shapes of ``reference(client)``, floating dtype, finite values, ``max_update_norm``) are logged
         (``rejected``) and never returned, so they are never aggregated."""
         replies = grid.send_and_receive(messages, round=rnd, timeout=self.cfg.federation.timeout)
+        self.replied = [r.client_id for r in replies if r.ok]  # handlers that ran to the end (even if rejected)
         accepted: list[Accepted] = []
         for r in replies:
             if not r.ok:
@@ -335,7 +345,8 @@ class Algorithm(abc.ABC):
             before = self.global_state()
             info = self.fit_round(rnd, grid)
             after = self.global_state()
-            if "update_norm" not in info and before.keys() == after.keys():
+            same_shapes = before.keys() == after.keys() and all(before[k].shape == after[k].shape for k in before)
+            if "update_norm" not in info and same_shapes:
                 info["update_norm"] = state_norm(state_sub(after, before))
             if rnd % fed.eval_every == 0 or rnd == fed.rounds:
                 info["eval"] = self._evaluate(rnd)

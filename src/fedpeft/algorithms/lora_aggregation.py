@@ -251,6 +251,24 @@ def stack_lora(
     return {k: out[k] for k in states[0]}
 
 
+def concat_lora(states: Sequence[Mapping[str, Tensor]]) -> State:
+    """Concatenate LoRA states along the rank: ``B·A`` of the result is the sum of the states' ``B·A``.
+
+    FLoRA sends a client every stacked round it has not merged yet as one adapter this way. Only LoRA factor keys
+    are allowed (the stacks FLoRA keeps have no others). An empty sequence gives an empty state.
+    """
+    if not states:
+        return {}
+    pairs, others, _ = _check_lora_states(states, "concat_lora")
+    if others:
+        raise AggregationError(f"concat_lora takes LoRA factors only; got other keys {others[:3]}")
+    out: State = {}
+    for a_key, b_key in pairs.values():
+        out[a_key] = torch.cat([s[a_key] for s in states], dim=0)  # [sum r, in]
+        out[b_key] = torch.cat([s[b_key] for s in states], dim=1)  # [out, sum r]
+    return {k: out[k] for k in states[0]}
+
+
 def truncate_to_rank(state: Mapping[str, Tensor], rank: int) -> State:
     """Keep the first ``rank`` components of every LoRA pair: ``A[:rank]``, ``B[:, :rank]``; other keys copied.
 

@@ -6,7 +6,10 @@ and each Flower worker process build identical client data independently, withou
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,8 +18,10 @@ import datasets
 import torch
 
 from fedpeft.adapters import adapter_state, attach_adapter, count_trainable, load_adapter_state, save_adapter
+from fedpeft.adapters.merge import added_to_base, lora_scaling
 from fedpeft.algorithms.aggregation import State
 from fedpeft.algorithms.base import ClientData, derive_seed
+from fedpeft.algorithms.lora_aggregation import lora_deltas, lora_pairs
 from fedpeft.config import RunConfig
 from fedpeft.data.partition import partition_indices
 from fedpeft.models import load_model, load_tokenizer
@@ -80,21 +85,48 @@ def build_federated_data(cfg: RunConfig, tokenizer: Any) -> FederatedData:
 
 
 class ServerModel:
-    """The server's copy of the model: evaluates and saves global adapter states."""
+    """The server's copy of the model: evaluates and saves global adapter states.
+
+    A LoRA state of another rank than the attached adapter (FLoRA's stacked global adapter) is evaluated by merging
+    its ``scaling · B·A`` into the base weights (the attached LoRA zeroed) and saved as a LoRA of its own rank.
+    """
 
     def __init__(self, cfg: RunConfig, model: torch.nn.Module, task: Task, run_path: Path) -> None:
         self.cfg, self.model, self.task, self.run_path = cfg, model, task, run_path
+        self.template = adapter_state(model)
 
     def initial_state(self) -> State:
-        return adapter_state(self.model)
+        return {k: v.clone() for k, v in self.template.items()}
+
+    def _matches(self, state: State) -> bool:
+        return state.keys() == self.template.keys() and all(state[k].shape == v.shape for k, v in self.template.items())
+
+    @contextlib.contextmanager
+    def loaded(self, state: State) -> Iterator[torch.nn.Module]:
+        """The model carrying ``state`` for the duration of the block."""
+        if self._matches(state) or not lora_pairs(state):
+            load_adapter_state(self.model, state)  # raises AdapterStateError naming the mismatch otherwise
+            yield self.model
+            return
+        load_adapter_state(self.model, {k: torch.zeros_like(v) for k, v in self.template.items()})
+        with added_to_base(self.model, lora_deltas(state, lora_scaling(self.cfg.adapter))):
+            yield self.model
 
     def evaluate(self, state: State) -> dict[str, float]:
-        load_adapter_state(self.model, state)
-        return evaluate_task(self.model, self.task, self.cfg.eval.batch_size, self.cfg.eval.max_new_tokens)
+        with self.loaded(state) as model:
+            return evaluate_task(model, self.task, self.cfg.eval.batch_size, self.cfg.eval.max_new_tokens)
 
     def save(self, state: State, relative: str) -> None:
-        load_adapter_state(self.model, state)
-        save_adapter(self.model, self.run_path / relative)
+        if self._matches(state):
+            load_adapter_state(self.model, state)
+            save_adapter(self.model, self.run_path / relative)
+            return
+        # A LoRA of another rank: attach one of that rank (same scaling) to a fresh base and save it from there.
+        rank = int(state[next(iter(lora_pairs(state).values()))[0]].shape[0])
+        adapter = dataclasses.replace(self.cfg.adapter, r=rank, alpha=lora_scaling(self.cfg.adapter) * rank)
+        model = attach_adapter(load_model(self.cfg.model.name, self.cfg.model.dtype, "cpu"), adapter)
+        load_adapter_state(model, state)
+        save_adapter(model, self.run_path / relative)
 
     def size(self) -> dict[str, int]:
         s = count_trainable(self.model)

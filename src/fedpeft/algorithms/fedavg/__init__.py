@@ -1,5 +1,6 @@
 """The FedAvg family on adapters: FedAvg, FedProx, FedAvgM, FedAdam / FedYogi / FedAdagrad, FedMedian,
-FedTrimmedAvg, with LoRA aggregation modes (FedIT averaging, FFA-LoRA, HetLoRA, FlexLoRA). Importing registers them."""
+FedTrimmedAvg, with LoRA aggregation modes (FedIT averaging, FFA-LoRA, HetLoRA, FlexLoRA), and FLoRA (stacking).
+Importing registers them."""
 
 from fedpeft.algorithms.fedavg.config import (
     LORA_MODES,
@@ -7,8 +8,10 @@ from fedpeft.algorithms.fedavg.config import (
     FedAvgMConfig,
     FedOptConfig,
     FedProxConfig,
+    FLoRAConfig,
     TrimmedMeanConfig,
 )
+from fedpeft.algorithms.fedavg.flora import FLoRA
 from fedpeft.algorithms.fedavg.server import (
     FedAdagrad,
     FedAdam,
@@ -22,6 +25,8 @@ from fedpeft.algorithms.fedavg.server import (
 
 __all__ = [
     "LORA_MODES",
+    "FLoRA",
+    "FLoRAConfig",
     "FedAdagrad",
     "FedAdam",
     "FedAvg",

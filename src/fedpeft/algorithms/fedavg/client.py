@@ -17,7 +17,7 @@ from fedpeft.algorithms.aggregation import State, state_sub
 from fedpeft.algorithms.base import ClientApp, ClientContext, Msg
 from fedpeft.algorithms.lora_aggregation import truncate_to_rank, zero_pad_aggregate
 from fedpeft.training.evaluate import evaluate_classification, evaluate_lm
-from fedpeft.training.loop import train
+from fedpeft.training.loop import TrainConfig, TrainResult, train
 
 app = ClientApp("fedavg")
 
@@ -52,11 +52,10 @@ def train_handler(ctx: ClientContext, msg: Msg) -> Msg:
     load_adapter_state(ctx.model, start)
     mu = float(msg.config.get("proximal_mu", 0.0))
     extra = proximal_term(ctx.model, start, mu) if mu > 0 else None
-    local_cfg = dataclasses.replace(ctx.cfg.train, lr=float(msg.config.get("lr", ctx.cfg.train.lr)))
     result = train(
         ctx.model,
         ctx.data.train,
-        local_cfg,
+        round_train_config(ctx, msg),
         ctx.data.collate,
         word_ids=ctx.data.word_ids,
         extra_loss=extra,
@@ -65,16 +64,21 @@ def train_handler(ctx: ClientContext, msg: Msg) -> Msg:
     local = adapter_state(ctx.model)
     if rank:
         local = truncate_to_rank(local, rank)
-    return Msg(
-        "train",
-        arrays=state_sub(local, received),
-        metrics={
-            "num_examples": len(ctx.data.train),
-            "loss": result.mean_loss,
-            "steps": result.steps,
-            "seconds": round(result.seconds, 3),
-        },
-    )
+    return Msg("train", arrays=state_sub(local, received), metrics=train_metrics(ctx, result))
+
+
+def round_train_config(ctx: ClientContext, msg: Msg) -> TrainConfig:
+    """The job's local training settings with this round's learning rate (sent by the server)."""
+    return dataclasses.replace(ctx.cfg.train, lr=float(msg.config.get("lr", ctx.cfg.train.lr)))
+
+
+def train_metrics(ctx: ClientContext, result: TrainResult) -> dict[str, float]:
+    return {
+        "num_examples": len(ctx.data.train),
+        "loss": result.mean_loss,
+        "steps": result.steps,
+        "seconds": round(result.seconds, 3),
+    }
 
 
 def evaluate_local(ctx: ClientContext, state: State, limit: int) -> dict[str, float]:

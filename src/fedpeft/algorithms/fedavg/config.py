@@ -105,3 +105,21 @@ class TrimmedMeanConfig(FedAvgConfig):
         super().__post_init__()
         if not 0 <= self.beta < 0.5:
             raise ConfigError("algorithm.beta", self.beta, "a number in [0, 0.5)")
+
+
+@dataclass
+class FLoRAConfig:
+    """FLoRA (Wang et al., NeurIPS 2024): clients train fresh LoRAs each round, the server stacks them (exact).
+
+    ``client_ranks``: each client's LoRA rank, repeated cyclically over the clients (default: ``adapter.r`` for all).
+    """
+
+    weighted: bool = True
+    client_ranks: list[int] | None = None
+
+    def __post_init__(self) -> None:
+        ranks = self.client_ranks
+        if ranks is not None and (
+            not ranks or any(isinstance(r, bool) or not isinstance(r, int) or r < 1 for r in ranks)
+        ):
+            raise ConfigError("algorithm.client_ranks", ranks, "a non-empty list of integers >= 1")

@@ -46,7 +46,6 @@ from fedpeft.algorithms.fedavg.config import (
 from fedpeft.algorithms.lora_aggregation import lora_pairs, svd_reproject, truncate_to_rank, zero_pad_aggregate
 from fedpeft.errors import ConfigError
 from fedpeft.registry import register_algorithm
-from fedpeft.training.loop import lr_factor
 
 if TYPE_CHECKING:
     from fedpeft.config import RunConfig
@@ -86,11 +85,7 @@ class FedAvg(Algorithm):
 
     def train_config(self, rnd: int, client_id: int) -> dict[str, Scalar]:
         """Settings sent with each ``train`` message."""
-        fed = self.cfg.federation
-        # The clients' learning rate for this round: `federation.lr_decay` anneals it across rounds (each client's
-        # own `train.schedule` still shapes it within its local steps).
-        lr = self.cfg.train.lr * lr_factor(rnd - 1, fed.rounds, 0, fed.lr_decay)
-        cfg: dict[str, Scalar] = {"round": rnd, "lr": lr}
+        cfg: dict[str, Scalar] = {"round": rnd, "lr": self.client_lr(rnd)}
         rank = self.client_rank(client_id)
         if rank:
             cfg["rank"] = rank
