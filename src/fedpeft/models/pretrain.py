@@ -156,13 +156,18 @@ def pretrain_one(
     seed: int,
     device: torch.device,
     log_every: int = 100,
+    init_from: Path | None = None,
 ) -> dict[str, float | int | str]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
-    config = make_config(spec, len(tok), tok.eos_token_id, tok.pad_token_id)
-    torch.manual_seed(seed)  # weight init only; data order uses its own generator below
-    model = AutoModelForCausalLM.from_config(config).to(device)
+    if init_from is not None:
+        # Continued pretraining: start from an earlier checkpoint of this size (same tokenizer), in fp32.
+        model = AutoModelForCausalLM.from_pretrained(init_from, dtype=torch.float32).to(device)
+    else:
+        config = make_config(spec, len(tok), tok.eos_token_id, tok.pad_token_id)
+        torch.manual_seed(seed)  # weight init only; data order uses its own generator below
+        model = AutoModelForCausalLM.from_config(config).to(device)
     n_params = sum(p.numel() for p in model.parameters())
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
@@ -215,6 +220,7 @@ def pretrain_one(
         "device": str(device),
         "torch_threads": torch.get_num_threads(),
         "seed": seed,
+        **({"continued_from": str(init_from)} if init_from is not None else {}),
         **{f"spec_{k}": v for k, v in asdict(spec).items() if k != "name"},
     }
     (out_dir / "pretrain_stats.json").write_text(json.dumps(stats, indent=2) + "\n")
@@ -233,7 +239,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--steps", type=int, default=None, help="override every size's step count (smoke runs)")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--lr", type=float, default=None, help="override every size's peak learning rate")
+    ap.add_argument(
+        "--init-from",
+        type=Path,
+        default=None,
+        help="continue pretraining this checkpoint folder (one size; its tokenizer is kept, not retrained)",
+    )
     args = ap.parse_args(argv)
+    if args.init_from is not None and len(args.sizes) != 1:
+        ap.error("--init-from continues one model: pass exactly one --sizes")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -242,7 +257,12 @@ def main(argv: list[str] | None = None) -> None:
     # The tokenizer is trained once into a scratch folder and saved again beside every model (self-contained dirs).
     tok_dir = Path(tempfile.mkdtemp(prefix="fedpeft-tok-"))
     t0 = time.time()
-    train_tokenizer(docs, args.vocab_size, tok_dir)
+    if args.init_from is not None:
+        from transformers import AutoTokenizer
+
+        AutoTokenizer.from_pretrained(args.init_from).save_pretrained(tok_dir)
+    else:
+        train_tokenizer(docs, args.vocab_size, tok_dir)
     blocks = pack_blocks(docs, tok_dir, args.block)  # [N, block]
     is_heldout = torch.arange(len(blocks)) % args.heldout_every == 0
     train, heldout = blocks[~is_heldout], blocks[is_heldout]
@@ -255,9 +275,11 @@ def main(argv: list[str] | None = None) -> None:
         spec = SIZES[name]
         if args.steps is not None:
             spec = SizeSpec(**{**asdict(spec), "steps": args.steps})
+        if args.lr is not None:
+            spec = SizeSpec(**{**asdict(spec), "lr": args.lr})
         out = args.out / name
         out.mkdir(parents=True, exist_ok=True)
-        pretrain_one(spec, train, heldout, tok_dir, out, args.seed, device)
+        pretrain_one(spec, train, heldout, tok_dir, out, args.seed, device, init_from=args.init_from)
 
 
 if __name__ == "__main__":
