@@ -124,7 +124,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
     _add_recipe_args(p)
-    p.add_argument("--runtime", choices=["local", "flower-sim"], help="override federation.runtime")
+    from fedpeft.config import RUNTIMES
+
+    p.add_argument("--runtime", choices=RUNTIMES, help="override federation.runtime")
     p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue a killed run from its last checkpoint")
 
 

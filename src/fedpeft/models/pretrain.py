@@ -25,6 +25,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -161,9 +162,11 @@ def pretrain_one(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    model: Any
     if init_from is not None:
         # Continued pretraining: start from an earlier checkpoint of this size (same tokenizer), in fp32.
-        model = AutoModelForCausalLM.from_pretrained(init_from, dtype=torch.float32).to(device)
+        model = AutoModelForCausalLM.from_pretrained(init_from, dtype=torch.float32)
+        model = model.to(device)
     else:
         config = make_config(spec, len(tok), tok.eos_token_id, tok.pad_token_id)
         torch.manual_seed(seed)  # weight init only; data order uses its own generator below
