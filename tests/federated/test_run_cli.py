@@ -64,3 +64,14 @@ def test_run_prints_table_and_run_dir_last_then_report_and_export(tmp_path, caps
     assert main(["report", str(run), str(other), "--out", str(tmp_path / "cmp")]) == 0
     printed = capsys.readouterr().out
     assert "fedavgm" in printed and (tmp_path / "cmp" / "comparison.png").is_file()
+
+
+def test_export_merge_refuses_adapters_that_add_computation(tmp_path, capsys):
+    recipe = write_recipe(tmp_path, adapter={"method": "prompt_tuning", "num_virtual_tokens": 4}, train={"lr": 3e-2})
+    assert main(["run", str(recipe), "--quiet", "--set", "federation.rounds=1"]) == 0
+    run = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    assert main(["export", str(run), "--merge", "--out", str(tmp_path / "m")]) == 2
+    assert "cannot be merged" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists() and not list(tmp_path.glob(".m.*"))  # nothing half-written left behind
+    assert main(["export", str(run), "--out", str(tmp_path / "a")]) == 0  # the adapter itself exports fine
+    assert (tmp_path / "a" / "adapter_config.json").is_file()
