@@ -77,6 +77,7 @@ def _print_run_table(summary: dict) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     """Federated fine-tuning of a recipe (or --resume a run); prints a table and the run directory last."""
     from fedpeft.config import RunConfig, load_config
+    from fedpeft.reports import write_report
     from fedpeft.runtime import run_federated
 
     if args.resume is not None and (args.recipe is not None or args.set):
@@ -84,19 +85,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = None if args.resume is not None else load_config(RunConfig, args.recipe, args.set)
     run = run_federated(cfg, runtime=args.runtime, resume=args.resume, quiet=args.quiet)
     summary = json.loads((run.path / "summary.json").read_text())
-    report = _write_report(run.path)
+    report = write_report(run.path)
     if not args.quiet:
         _print_run_table(summary)
-        if report is not None:
-            print(f"report: {report}")
+        print(f"report: {report}")
     print(run.path)
     return 0
-
-
-def _write_report(run_dir: Path) -> Path | None:
-    from fedpeft.reports import write_report
-
-    return write_report(run_dir)
 
 
 def cmd_report(args: argparse.Namespace) -> int:

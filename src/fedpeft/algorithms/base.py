@@ -316,12 +316,18 @@ class Algorithm(abc.ABC):
             accepted.append(Accepted(r.client_id, dict(r.msg.arrays), int(num), m))
         return accepted
 
-    def evaluate_clients(self, rnd: int, grid: Grid) -> None:
-        """Per-client evaluation of the global adapter on each client's local test split (``evaluate`` action)."""
+    def client_eval_messages(self, rnd: int, clients: Sequence[int]) -> list[tuple[int, Msg]]:
+        """What :meth:`evaluate_clients` sends: the global adapter with the ``evaluate`` action."""
         global_state = self.global_state()
         limit = self.cfg.federation.client_eval_limit
-        msgs = [(c, Msg("evaluate", global_state, {"round": rnd, "limit": limit})) for c in grid.client_ids()]
-        for r in grid.send_and_receive(msgs, round=rnd, timeout=self.cfg.federation.timeout):
+        return [(c, Msg("evaluate", global_state, {"round": rnd, "limit": limit})) for c in clients]
+
+    def evaluate_clients(self, rnd: int, grid: Grid) -> None:
+        """Per-client evaluation of the global adapter on each client's local test split; logs ``client_eval``."""
+        msgs = self.client_eval_messages(rnd, grid.client_ids())
+        replies = grid.send_and_receive(msgs, round=rnd, timeout=self.cfg.federation.timeout)
+        self.replied = [r.client_id for r in replies if r.ok]
+        for r in replies:
             if r.ok and r.msg is not None:
                 self.server.log("client_eval", round=rnd, client=r.client_id, **r.msg.metrics)
             else:

@@ -14,7 +14,7 @@ PEFT format.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -119,7 +119,9 @@ class FLoRA(Algorithm):
         """Every stacked round this client has not merged yet, as one adapter (rank = their summed ranks)."""
         return concat_lora(self.stacks[self.synced.get(client_id, 0) :])
 
-    def _send(self, rnd: int, clients: list[int], action: str, extra: Mapping[str, Scalar]) -> list[tuple[int, Msg]]:
+    def _send(
+        self, rnd: int, clients: Sequence[int], action: str, extra: Mapping[str, Scalar]
+    ) -> list[tuple[int, Msg]]:
         msgs = []
         for c in clients:
             config: dict[str, Scalar] = {"round": rnd, "lr": self.client_lr(rnd), "rank": self.client_rank(c)}
@@ -146,15 +148,13 @@ class FLoRA(Algorithm):
         info["global_rank"] = sum(s[a_key].shape[0] for s in self.stacks)
         return info
 
+    def client_eval_messages(self, rnd: int, clients: Sequence[int]) -> list[tuple[int, Msg]]:
+        return self._send(rnd, clients, "evaluate.flora", {"limit": self.cfg.federation.client_eval_limit})
+
     def evaluate_clients(self, rnd: int, grid: Grid) -> None:
-        limit = self.cfg.federation.client_eval_limit
-        msgs = self._send(rnd, grid.client_ids(), "evaluate.flora", {"limit": limit})
-        for r in grid.send_and_receive(msgs, round=rnd, timeout=self.cfg.federation.timeout):
-            if r.ok and r.msg is not None:
-                self.synced[r.client_id] = len(self.stacks)
-                self.server.log("client_eval", round=rnd, client=r.client_id, **r.msg.metrics)
-            else:
-                self.server.log("failure", round=rnd, client=r.client_id, reason=str(r.error)[-500:])
+        super().evaluate_clients(rnd, grid)
+        for c in self.replied:  # they merged the stacks they were sent
+            self.synced[c] = len(self.stacks)
 
     def global_state(self) -> State:
         """All stacks concatenated (exact global update), or the initial adapter (B = 0) before round 1."""
