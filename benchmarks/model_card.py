@@ -1,7 +1,7 @@
 # ruff: noqa: E501  (the Markdown table rows below are long on purpose)
 """Render docs/model_card.md from the bundled models' pretrain_stats.json (so the card always matches the files).
 
-    python benchmarks/model_card.py
+python benchmarks/model_card.py
 """
 
 from __future__ import annotations

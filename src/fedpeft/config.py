@@ -40,7 +40,12 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    """Dataset and encoding. ``train_limit`` / ``eval_limit`` cap the number of examples (None = all)."""
+    """Dataset and encoding. ``train_limit`` / ``eval_limit`` cap the number of examples (None = all).
+
+    ``dataset`` is a registered name, or several classification datasets joined by ``+`` (``"sst2+qnli+rte"``): a
+    multi-task mix in which every example keeps its task name, its dataset's template and its own label words, the
+    limits apply to each task, and evaluation reports each task's accuracy (``accuracy_<task>``) and their mean.
+    """
 
     dataset: str = "sst2"
     data_dir: str | None = None
@@ -54,14 +59,33 @@ class DataConfig:
     def __post_init__(self) -> None:
         from fedpeft.registry import DATASETS
 
-        if self.dataset not in DATASETS:
-            raise ConfigError("data.dataset", self.dataset, DATASETS.names())
+        names = self.tasks
+        for name in names:
+            if name not in DATASETS:
+                raise ConfigError("data.dataset", self.dataset, [*DATASETS.names(), "<name>+<name>+..."])
+        if len(names) > 1:
+            if len(set(names)) != len(names):
+                raise ConfigError("data.dataset", self.dataset, "a mix of distinct dataset names")
+            kinds = {name: DATASETS.get(name).task_type for name in names}
+            if any(kind != "classification" for kind in kinds.values()):
+                raise ConfigError("data.dataset", self.dataset, f"a mix of classification datasets only ({kinds})")
+            if self.template is not None:
+                raise ConfigError("data.template", self.template, "unset for a mix (each task keeps its own template)")
+            for split in (self.train_split, self.eval_split):
+                missing = [n for n in names if split not in DATASETS.get(n).splits]
+                if missing:
+                    raise ConfigError("data split", split, f"a split every task of the mix has ({missing} lack it)")
         if self.max_length < 8:
             raise ConfigError("data.max_length", self.max_length, "an integer >= 8")
         for name in ("train_limit", "eval_limit"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"data.{name}", value, "a positive integer or omitted")
+
+    @property
+    def tasks(self) -> list[str]:
+        """The dataset names of a ``+`` mix (one name for a plain dataset)."""
+        return [part.strip() for part in self.dataset.split("+")]
 
 
 @dataclass
@@ -99,7 +123,7 @@ class JobConfig:
         if self.train.loss == "label_words":
             from fedpeft.registry import DATASETS
 
-            if DATASETS.get(self.data.dataset).task_type != "classification":
+            if DATASETS.get(self.data.tasks[0]).task_type != "classification":
                 raise ConfigError("train.loss", "label_words", "'lm' for generation datasets (no label words)")
 
 

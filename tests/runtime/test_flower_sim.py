@@ -38,7 +38,9 @@ from fedpeft.runtime.local import LocalGrid
 from fedpeft.runtime.setup import build_federated_data, build_model
 
 
-def _job(tmp_path: Path, algorithm_table: dict[str, Any] | None = None, **federation: Any) -> RunConfig:
+def _job(
+    tmp_path: Path, algorithm_table: dict[str, Any] | None = None, dataset: str = "sst2", **federation: Any
+) -> RunConfig:
     """The acceptance job: tiny-small on SST-2, 3 clients, 2 rounds of 3 local steps, LoRA r=4 on q/v."""
     return from_dict(
         RunConfig,
@@ -47,7 +49,7 @@ def _job(tmp_path: Path, algorithm_table: dict[str, Any] | None = None, **federa
             "seed": 3,
             "output_dir": str(tmp_path),
             "model": {"name": "tiny-small"},
-            "data": {"dataset": "sst2", "max_length": 64, "train_limit": 600, "eval_limit": 100},
+            "data": {"dataset": dataset, "max_length": 64, "train_limit": 600, "eval_limit": 100},
             "adapter": {"method": "lora", "r": 4, "target_modules": ["q_proj", "v_proj"]},
             "train": {"steps": 3, "batch_size": 8, "lr": 4e-3},
             "federation": {"rounds": 2, "num_clients": 3, **federation},
@@ -281,18 +283,30 @@ def one_torch_thread() -> Any:
 FLORA = {"algorithm_table": {"client_ranks": [2, 4]}, "algorithm": "flora", "client_eval_every": 1}
 
 
+# FL-TAC: a first-contact query exchange, several adapters per client per message, and k-means on the server.
+FLTAC = {
+    "algorithm_table": {"min_task_examples": 4},
+    "dataset": "sst2+rte",
+    "algorithm": "fltac",
+    "client_eval_every": 1,
+}
+
+
 @pytest.mark.slow
 @pytest.mark.usefixtures("one_torch_thread")
-@pytest.mark.parametrize("setting", [{}, FLORA], ids=["fedavg", "flora"])
+@pytest.mark.parametrize("setting", [{}, FLORA, FLTAC], ids=["fedavg", "flora", "fltac"])
 def test_flower_sim_reproduces_the_local_runtime(tmp_path: Path, setting: dict[str, Any]) -> None:
     local = run_federated(_job(tmp_path / "local", **setting), runtime="local", quiet=True).path
     flower = run_federated(_job(tmp_path / "flower", **setting), runtime="flower-sim", quiet=True).path
 
-    want = load_file(local / "adapter" / "adapter_model.safetensors")
-    got = load_file(flower / "adapter" / "adapter_model.safetensors")
-    assert got.keys() == want.keys() and want
-    for key, value in want.items():
-        torch.testing.assert_close(got[key], value, atol=1e-5, rtol=0)
+    files = sorted(p.relative_to(local) for p in (local / "adapter").rglob("adapter_model.safetensors"))
+    assert files == sorted(p.relative_to(flower) for p in (flower / "adapter").rglob("adapter_model.safetensors"))
+    assert len(files) == (2 if setting is FLTAC else 1)  # FL-TAC: one adapter per task cluster
+    for name in files:
+        want, got = load_file(local / name), load_file(flower / name)
+        assert got.keys() == want.keys() and want
+        for key, value in want.items():
+            torch.testing.assert_close(got[key], value, atol=1e-5, rtol=0)
 
     (s_local, e_local), (s_flower, e_flower) = _summary_and_events(local), _summary_and_events(flower)
     assert s_flower["runtime"] == "flower-sim" and s_local["runtime"] == "local"

@@ -39,10 +39,17 @@ from fedpeft.algorithms.lora_aggregation import (
 )
 
 
+def load_builtin_algorithms() -> None:
+    """Import the built-in algorithm packages, which registers them (idempotent)."""
+    import fedpeft.algorithms.fedavg
+    import fedpeft.algorithms.fltac  # noqa: F401
+
+
 def get_algorithm(name: str, field: str = "federation.algorithm") -> type[Algorithm]:
     """The registered algorithm class ``name``; an unknown name raises ConfigError listing the registered ones."""
-    import fedpeft.algorithms.fedavg  # noqa: F401  (importing registers the built-in algorithms)
     from fedpeft.registry import ALGORITHMS
+
+    load_builtin_algorithms()
 
     return ALGORITHMS.get(name, field)
 
@@ -70,6 +77,7 @@ __all__ = [
     "clip_update",
     "coordinate_median",
     "get_algorithm",
+    "load_builtin_algorithms",
     "lora_deltas",
     "lora_pairs",
     "stack_lora",

@@ -16,6 +16,7 @@ import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import torch
@@ -183,6 +184,24 @@ class ClientApp:
         return handler(ctx, msg)
 
 
+class EvalSet(Protocol):
+    """The server's evaluation examples, for algorithms that score several adapters per example (FL-TAC).
+
+    ``tasks[i]`` is example i's task name; ``metric`` the per-example score's name (``accuracy``, ``rouge_l``).
+    """
+
+    tasks: list[str]
+    metric: str
+
+    def scores(self, state: State) -> list[float]:
+        """One score per eval example with ``state`` loaded."""
+        ...
+
+    def features(self, state: State) -> Tensor:
+        """[N, H] mean last-layer hidden state over each eval example's prompt, with ``state`` loaded."""
+        ...
+
+
 @dataclass
 class ServerContext:
     """What the runtime gives the server program: config, the initial adapter, the server-side evaluator and the
@@ -195,6 +214,7 @@ class ServerContext:
     save_adapter: Callable[[State, str], None]
     checkpoint: Callable[[int, dict[str, Any]], None]
     on_round: Callable[[int, dict[str, Any]], None] = lambda rnd, info: None
+    eval_set: EvalSet | None = None
 
 
 @dataclass
@@ -247,7 +267,20 @@ class Algorithm(abc.ABC):
 
     @abc.abstractmethod
     def global_state(self) -> State:
-        """The adapter state that is evaluated, saved per round and exported."""
+        """The server's adapter state: evaluated, saved per round and exported (see :meth:`adapters`)."""
+
+    def adapters(self) -> dict[str, State]:
+        """The adapters saved per round and at the end, by folder name (``""`` = the run's adapter folder itself).
+        One global adapter by default; FL-TAC returns one per task cluster."""
+        return {"": self.global_state()}
+
+    def global_metrics(self, rnd: int) -> dict[str, float]:
+        """The server-side evaluation of round ``rnd`` (0 = before training): the global adapter on the eval set."""
+        return self.server.evaluate(self.global_state())
+
+    def save_extras(self, folder: Path) -> None:
+        """Write files that belong with the final adapters into ``folder`` (e.g. FL-TAC's router)."""
+        return None
 
     def state_dict(self) -> dict[str, Any]:
         """Everything a checkpoint must hold to continue after this round (tensors and plain data)."""
@@ -334,7 +367,7 @@ class Algorithm(abc.ABC):
                 self.server.log("failure", round=rnd, client=r.client_id, reason=str(r.error)[-500:])
 
     def _evaluate(self, rnd: int) -> dict[str, float]:
-        metrics = self.server.evaluate(self.global_state())
+        metrics = self.global_metrics(rnd)
         self.history.append({"round": rnd, **metrics})
         self.server.log("eval", round=rnd, **metrics)
         return metrics
@@ -363,10 +396,15 @@ class Algorithm(abc.ABC):
             info["seconds"] = round(time.perf_counter() - t0, 3)
             self.server.log("round", round=rnd, **{k: v for k, v in info.items() if k != "eval"})
             if fed.save_adapters_every and (rnd % fed.save_adapters_every == 0 or rnd == fed.rounds):
-                self.server.save_adapter(after, f"adapters/round_{rnd:04d}")
+                self.save_adapters(f"adapters/round_{rnd:04d}")
             self.server.checkpoint(rnd, self.state_dict())
             self.server.on_round(rnd, info)
         return self.results()
+
+    def save_adapters(self, relative: str) -> None:
+        """Every adapter of :meth:`adapters` under ``relative`` (named ones in sub-folders)."""
+        for name, state in self.adapters().items():
+            self.server.save_adapter(state, f"{relative}/{name}" if name else relative)
 
     def results(self) -> dict[str, Any]:
         """``initial`` / ``final`` / ``best`` global metrics from the evaluation history."""

@@ -166,7 +166,8 @@ def collate(batch: Sequence[Mapping[str, Any]], pad_id: int) -> dict[str, torch.
     -------
     dict[str, torch.Tensor]
         ``input_ids`` [B, T], ``attention_mask`` [B, T], ``labels`` [B, T] (-100 on padding), ``prompt_length`` [B],
-        and ``label`` [B] when every example has one. Right padding keeps position ``prompt_length - 1`` the last
+        ``label`` [B] when every example has one, and ``choices`` [B, C] (each row's label-word ids) when every
+        example of a multi-task mix carries them. Right padding keeps position ``prompt_length - 1`` the last
         prompt token of each row, which :func:`label_word_logits` relies on.
     """
     if not batch:
@@ -189,6 +190,8 @@ def collate(batch: Sequence[Mapping[str, Any]], pad_id: int) -> dict[str, torch.
     }
     if all("label" in ex for ex in batch):
         out["label"] = torch.tensor([int(ex["label"]) for ex in batch], dtype=torch.long)
+    if all("choices" in ex for ex in batch):
+        out["choices"] = torch.tensor([list(ex["choices"]) for ex in batch], dtype=torch.long)
     return out
 
 
@@ -234,12 +237,13 @@ def label_word_logits(
     prompt_length:
         [B] number of prompt tokens per row (>= 1).
     word_ids:
-        From :func:`label_word_ids`, one id per class (a list or a 1-D tensor).
+        From :func:`label_word_ids`, one id per class (a list or a 1-D tensor), or a [B, n_labels] tensor of each
+        row's own label-word ids (a multi-task mix, see :func:`collate`'s ``choices``).
 
     Returns
     -------
     torch.Tensor
-        [B, n_labels], ``logits[b, prompt_length[b] - 1, word_ids]``.
+        [B, n_labels], ``logits[b, prompt_length[b] - 1, word_ids]`` (``word_ids[b]`` when per row).
     """
     if logits.dim() != 3:
         raise ValueError(f"logits must be [B, T, V], got shape {tuple(logits.shape)}")
@@ -247,4 +251,14 @@ def label_word_logits(
     if pos.numel() != logits.shape[0] or bool((pos < 0).any()) or bool((pos >= logits.shape[1]).any()):
         raise ValueError(f"prompt_length {prompt_length.tolist()} does not fit logits of shape {tuple(logits.shape)}")
     rows = logits[torch.arange(logits.shape[0], device=logits.device), pos]  # [B, V]
-    return rows[:, torch.as_tensor(word_ids, dtype=torch.long, device=logits.device)]
+    return pick_label_words(rows, word_ids)
+
+
+def pick_label_words(rows: torch.Tensor, word_ids: Sequence[int] | torch.Tensor) -> torch.Tensor:
+    """Next-token logits [B, V] restricted to the label words: shared ids [C] or per-row ids [B, C] -> [B, C]."""
+    ids = torch.as_tensor(word_ids, dtype=torch.long, device=rows.device)
+    if ids.dim() == 1:
+        return rows[:, ids]
+    if ids.dim() != 2 or ids.shape[0] != rows.shape[0]:
+        raise ValueError(f"per-row label word ids must be [B={rows.shape[0]}, C], got shape {tuple(ids.shape)}")
+    return rows.gather(1, ids)

@@ -66,6 +66,7 @@ class Session:
             save_adapter=server.save,
             checkpoint=checkpoint,
             on_round=on_round,
+            eval_set=server,
         )
         return ctx, bar.close
 
@@ -94,7 +95,8 @@ class Session:
         algo = self.make_algorithm(ctx)
         results = algo.run(grid, self.start_round)
         close()
-        server.save(algo.global_state(), "adapter")
+        algo.save_adapters("adapter")
+        algo.save_extras(self.run.path / "adapter")
         self.finish(results, server.size(), grid.ledger.total("up"), grid.ledger.total("down"))
 
     def make_algorithm(self, ctx: ServerContext) -> Algorithm:

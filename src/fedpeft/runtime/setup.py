@@ -25,7 +25,7 @@ from fedpeft.algorithms.lora_aggregation import lora_deltas, lora_pairs
 from fedpeft.config import RunConfig
 from fedpeft.data.partition import partition_indices
 from fedpeft.models import load_model, load_tokenizer
-from fedpeft.training.centralized import Task, evaluate_task, prepare_task
+from fedpeft.training.centralized import Task, evaluate_task, example_scores, metric_name, prepare_task
 
 
 @dataclass
@@ -94,6 +94,9 @@ class ServerModel:
     def __init__(self, cfg: RunConfig, model: torch.nn.Module, task: Task, run_path: Path) -> None:
         self.cfg, self.model, self.task, self.run_path = cfg, model, task, run_path
         self.template = adapter_state(model)
+        # The EvalSet view (fedpeft.algorithms.base.EvalSet) for algorithms that score several adapters per example.
+        self.tasks = [str(e.get("task", "")) for e in task.eval]
+        self.metric = metric_name(task)
 
     def initial_state(self) -> State:
         return {k: v.clone() for k, v in self.template.items()}
@@ -115,6 +118,19 @@ class ServerModel:
     def evaluate(self, state: State) -> dict[str, float]:
         with self.loaded(state) as model:
             return evaluate_task(model, self.task, self.cfg.eval.batch_size, self.cfg.eval.max_new_tokens)
+
+    def scores(self, state: State) -> list[float]:
+        """Per-example headline score (``self.metric``) of ``state`` on the eval split."""
+        with self.loaded(state) as model:
+            scores = example_scores(model, self.task, self.cfg.eval.batch_size, self.cfg.eval.max_new_tokens)
+        return scores[self.metric]
+
+    def features(self, state: State) -> torch.Tensor:
+        """[N, H] prompt features of the eval split with ``state`` loaded (FL-TAC's router space)."""
+        from fedpeft.algorithms.fltac.router import prompt_features
+
+        with self.loaded(state) as model:
+            return prompt_features(model, self.task.eval, self.task.collate, self.cfg.eval.batch_size)
 
     def save(self, state: State, relative: str) -> None:
         if self._matches(state):

@@ -16,68 +16,113 @@ import torch
 from fedpeft.adapters import attach_adapter, count_trainable, save_adapter
 from fedpeft.config import JobConfig
 from fedpeft.data import DatasetSpec, collate, encode_dataset, label_word_ids
+from fedpeft.errors import ConfigError
 from fedpeft.models import load_model, load_tokenizer
 from fedpeft.registry import DATASETS
 from fedpeft.runs import RunDir
-from fedpeft.training.evaluate import evaluate_classification, evaluate_generation, evaluate_lm
+from fedpeft.training.evaluate import evaluate_lm, generate, predict_labels, summarize_by_task
 from fedpeft.training.loop import train
+from fedpeft.training.metrics import exact_match_scores, rouge_l_scores
 
 
 @dataclass
 class Task:
-    """Everything needed to train and score one dataset with one tokenizer."""
+    """Everything needed to train and score one dataset (or a ``+`` mix of them) with one tokenizer."""
 
-    spec: DatasetSpec
+    specs: list[DatasetSpec]  # one per task of a mix, else one
     tokenizer: Any
     train: list[dict[str, Any]]
     eval: list[dict[str, Any]]
     eval_raw: Any  # the un-encoded eval split (prompts and references for generation)
-    word_ids: torch.Tensor | None
+    word_ids: torch.Tensor | None  # the dataset's label words; None for a mix (each example carries "choices")
     collate: Any
     eval_mode: str
     template: str
 
 
+def _encode_split(cfg: JobConfig, tokenizer: Any, spec: DatasetSpec, template: str, split: str, limit: int | None):
+    raw = spec.load_split(split, cfg.data.data_dir, limit)
+    return raw, list(encode_dataset(raw, tokenizer, template, cfg.data.max_length))
+
+
 def prepare_task(cfg: JobConfig, tokenizer: Any) -> Task:
-    """Load the configured dataset splits and encode them with the dataset's template."""
-    spec = DATASETS.get(cfg.data.dataset, "data.dataset")
+    """Load the configured dataset splits and encode them with the dataset's template.
+
+    A mix (``sst2+qnli+rte``) encodes each task with its own template and stores each example's label-word ids
+    as ``choices`` (tasks differ in their label words); the train and eval lists are the tasks one after another.
+    """
+    specs = [DATASETS.get(name, "data.dataset") for name in cfg.data.tasks]
+    collate_fn = functools.partial(collate, pad_id=tokenizer.pad_token_id)
+    if len(specs) > 1:
+        train_rows: list[dict[str, Any]] = []
+        eval_rows: list[dict[str, Any]] = []
+        for spec in specs:
+            choices = label_word_ids(tokenizer, spec.label_words)
+            for split, limit, out in (
+                (cfg.data.train_split, cfg.data.train_limit, train_rows),
+                (cfg.data.eval_split, cfg.data.eval_limit, eval_rows),
+            ):
+                _, encoded = _encode_split(cfg, tokenizer, spec, spec.template, split, limit)
+                out.extend({**ex, "choices": choices} for ex in encoded)
+        mode = "label_words" if cfg.eval.mode == "auto" else cfg.eval.mode
+        if mode != "label_words":
+            raise ConfigError("eval.mode", cfg.eval.mode, "'auto' or 'label_words' for a mix of datasets")
+        return Task(specs, tokenizer, train_rows, eval_rows, None, None, collate_fn, mode, "")
+    spec = specs[0]
     template = cfg.data.template or spec.template
-    train_ds = spec.load_split(cfg.data.train_split, cfg.data.data_dir, cfg.data.train_limit)
-    eval_ds = spec.load_split(cfg.data.eval_split, cfg.data.data_dir, cfg.data.eval_limit)
+    _, train_rows = _encode_split(cfg, tokenizer, spec, template, cfg.data.train_split, cfg.data.train_limit)
+    eval_ds, eval_rows = _encode_split(cfg, tokenizer, spec, template, cfg.data.eval_split, cfg.data.eval_limit)
     word_ids = None
     if spec.task_type == "classification":
         word_ids = torch.tensor(label_word_ids(tokenizer, spec.label_words))
     mode = cfg.eval.mode
     if mode == "auto":
         mode = "label_words" if word_ids is not None else "generation"
-    return Task(
-        spec=spec,
-        tokenizer=tokenizer,
-        train=list(encode_dataset(train_ds, tokenizer, template, cfg.data.max_length)),
-        eval=list(encode_dataset(eval_ds, tokenizer, template, cfg.data.max_length)),
-        eval_raw=eval_ds,
-        word_ids=word_ids,
-        collate=functools.partial(collate, pad_id=tokenizer.pad_token_id),
-        eval_mode=mode,
-        template=template,
-    )
+    return Task(specs, tokenizer, train_rows, eval_rows, eval_ds, word_ids, collate_fn, mode, template)
 
 
 def evaluate_task(
     model: torch.nn.Module, task: Task, batch_size: int = 64, max_new_tokens: int = 32
 ) -> dict[str, float]:
-    """Score ``model`` on the task's eval split with the configured mode."""
-    if task.eval_mode == "label_words":
-        assert task.word_ids is not None
-        return evaluate_classification(model, task.eval, task.collate, task.word_ids, batch_size)
+    """Score ``model`` on the task's eval split with the configured mode.
+
+    When the eval examples span several tasks (a mix, or Dolly's categories) each task's score is reported as
+    ``<metric>_<task>`` and the headline metric is their unweighted mean, so a large task does not hide a small one.
+    """
     if task.eval_mode == "perplexity":
         return evaluate_lm(model, task.eval, task.collate, batch_size)
+    tasks = [str(e.get("task", "")) for e in task.eval]
+    metrics: dict[str, float] = {}
+    for name, scores in example_scores(model, task, batch_size, max_new_tokens).items():
+        metrics.update(summarize_by_task(scores, tasks, name))
+    if task.eval_mode == "label_words" and task.word_ids is not None:
+        preds = predict_labels(model, task.eval, task.collate, task.word_ids, batch_size)
+        for c in range(len(task.word_ids)):
+            metrics[f"pred_frac_{c}"] = sum(p == c for p in preds) / len(preds)
+    return metrics
+
+
+def metric_name(task: Task) -> str:
+    """The headline per-example score of :func:`example_scores`: ``accuracy`` or ``rouge_l``."""
+    return "accuracy" if task.eval_mode == "label_words" else "rouge_l"
+
+
+def example_scores(
+    model: torch.nn.Module, task: Task, batch_size: int = 64, max_new_tokens: int = 32
+) -> dict[str, list[float]]:
+    """Per-example scores of the eval split: ``accuracy`` (1.0 / 0.0 per label word) for classification,
+    ``rouge_l`` and ``exact_match`` of the greedy generation otherwise. The first key is the headline metric."""
+    if task.eval_mode == "label_words":
+        labels = predict_labels(model, task.eval, task.collate, task.word_ids, batch_size)
+        return {"accuracy": [float(p == int(e["label"])) for p, e in zip(labels, task.eval, strict=True)]}
+    if task.eval_mode != "generation":
+        raise ConfigError("eval.mode", task.eval_mode, "'label_words' or 'generation' for per-example scores")
     from fedpeft.data import build_prompt
 
     pairs = [build_prompt(row, task.template) for row in task.eval_raw]
-    return evaluate_generation(
-        model, task.tokenizer, [p for p, _ in pairs], [r.strip() for _, r in pairs], max_new_tokens, batch_size
-    )
+    refs = [r.strip() for _, r in pairs]
+    preds = generate(model, task.tokenizer, [p for p, _ in pairs], max_new_tokens, batch_size)
+    return {"rouge_l": rouge_l_scores(preds, refs), "exact_match": exact_match_scores(preds, refs)}
 
 
 def run_centralized(cfg: JobConfig, quiet: bool = False) -> RunDir:

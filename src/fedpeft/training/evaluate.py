@@ -29,11 +29,12 @@ def predict_labels(
     model: torch.nn.Module,
     examples: Sequence[Mapping[str, Any]],
     collate: Collate,
-    word_ids: torch.Tensor,
+    word_ids: torch.Tensor | None,
     batch_size: int = 64,
     precision: str = "auto",
 ) -> list[int]:
-    """Class index per example by label-word scoring (argmax over the label words' next-token logits)."""
+    """Class index per example by label-word scoring (argmax over the label words' next-token logits); without
+    ``word_ids`` each example's own ``choices`` are scored."""
     model.eval()
     device = _device(model)
     preds: list[int] = []
@@ -44,18 +45,33 @@ def predict_labels(
     return preds
 
 
+def summarize_by_task(scores: Sequence[float], tasks: Sequence[str], name: str) -> dict[str, float]:
+    """Mean per-example score as ``{name: ...}``; with several distinct tasks also ``{name}_{task}`` for each and
+    ``name`` = their unweighted mean (macro average)."""
+    if len(scores) != len(tasks) or not scores:
+        raise ValueError("summarize_by_task needs equally many (>0) scores and task names")
+    groups: dict[str, list[float]] = {}
+    for score, task in zip(scores, tasks, strict=True):
+        groups.setdefault(task, []).append(float(score))
+    if len(groups) == 1:
+        return {name: sum(scores) / len(scores)}
+    per_task = {f"{name}_{t}": sum(v) / len(v) for t, v in sorted(groups.items())}
+    return {name: sum(per_task.values()) / len(per_task), **per_task}
+
+
 def evaluate_classification(
     model: torch.nn.Module,
     examples: Sequence[Mapping[str, Any]],
     collate: Collate,
-    word_ids: torch.Tensor,
+    word_ids: torch.Tensor | None,
     batch_size: int = 64,
 ) -> dict[str, float]:
-    """``{"accuracy": ...}`` by label-word scoring, plus the fraction predicted as each class (shows label bias)."""
+    """``{"accuracy": ...}`` by label-word scoring, plus the fraction predicted as each class (shows label bias).
+    Without ``word_ids`` (a multi-task mix) each example's ``choices`` are scored and only accuracy is returned."""
     preds = predict_labels(model, examples, collate, word_ids, batch_size)
     labels = [int(e["label"]) for e in examples]
     out = {"accuracy": accuracy(preds, labels)}
-    for c in range(len(word_ids)):
+    for c in range(len(word_ids) if word_ids is not None else 0):
         out[f"pred_frac_{c}"] = sum(p == c for p in preds) / len(preds)
     return out
 

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from fedpeft.adapters import adapter_after_step
-from fedpeft.data.tokenize import label_word_logits
+from fedpeft.data.tokenize import label_word_logits, pick_label_words
 from fedpeft.errors import ConfigError
 
 Loss = Literal["lm", "label_words"]
@@ -125,13 +125,12 @@ def sample_indices(labels: Sequence[int], n: int, generator: torch.Generator, ba
 
 
 def batch_loss(
-    model: torch.nn.Module, batch: Mapping[str, torch.Tensor], loss: str, word_ids: torch.Tensor | None
+    model: torch.nn.Module, batch: Mapping[str, torch.Tensor], loss: str, word_ids: torch.Tensor | None = None
 ) -> torch.Tensor:
     """Mean loss of one collated batch (see :func:`fedpeft.data.collate`)."""
     if loss == "lm":
         out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
         return out.loss
-    assert word_ids is not None, "label_words loss needs label word ids"
     scores = label_scores(model, batch, word_ids)  # [B, n_labels]
     return F.cross_entropy(scores.float(), batch["label"])
 
@@ -147,18 +146,26 @@ def _supports_logits_to_keep(model: torch.nn.Module) -> bool:
     return "logits_to_keep" in inspect.signature(base.forward).parameters
 
 
-def label_scores(model: torch.nn.Module, batch: Mapping[str, torch.Tensor], word_ids: torch.Tensor) -> torch.Tensor:
+def label_scores(
+    model: torch.nn.Module, batch: Mapping[str, torch.Tensor], word_ids: torch.Tensor | None = None
+) -> torch.Tensor:
     """Label-word logits at the last prompt position: [B, n_labels].
+
+    ``word_ids`` are the dataset's label words; without them each row's own ``batch["choices"]`` are used (a
+    multi-task mix, where tasks have different label words).
 
     Only that one position per row is projected onto the vocabulary when the model allows it, instead of all T:
     for the tiny bundled models the vocabulary projection is about half of all compute, so this roughly halves a
     classification step. ``test_label_scores_fast_path_matches_full_logits`` checks both paths agree.
     """
+    ids = word_ids if word_ids is not None else batch.get("choices")
+    if ids is None:
+        raise ValueError("label-word scoring needs the dataset's label word ids or per-example 'choices'")
     if _supports_logits_to_keep(model):
         pos = (batch["prompt_length"] - 1).unsqueeze(1)  # [B, 1]
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=pos).logits
-        return logits[:, 0, word_ids.to(logits.device)]  # [B, n_labels]
-    return label_word_logits(forward_logits(model, batch), batch["prompt_length"], word_ids)
+        return pick_label_words(logits[:, 0], ids)  # [B, n_labels]
+    return label_word_logits(forward_logits(model, batch), batch["prompt_length"], ids)
 
 
 def forward_logits(model: torch.nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -206,7 +213,7 @@ def train(
     """
     if not examples:
         raise ConfigError("examples", "[]", "at least one training example")
-    if cfg.loss == "label_words" and word_ids is None:
+    if cfg.loss == "label_words" and word_ids is None and "choices" not in examples[0]:
         raise ConfigError("train.loss", cfg.loss, "'lm' unless the dataset defines label words")
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:

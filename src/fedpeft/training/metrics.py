@@ -36,13 +36,23 @@ def exact_match(predictions: Sequence[str], references: Sequence[str]) -> float:
 
 def rouge_l(predictions: Sequence[str], references: Sequence[str]) -> float:
     """Mean Rouge-L F-measure (rouge-score, stemming on), x100 as papers report it."""
-    from rouge_score import rouge_scorer
 
     if len(predictions) != len(references) or not references:
         raise ValueError("rouge_l needs equally many (>0) predictions and references")
+    return sum(rouge_l_scores(predictions, references)) / len(references)
+
+
+def rouge_l_scores(predictions: Sequence[str], references: Sequence[str]) -> list[float]:
+    """Rouge-L F-measure x100 of each prediction against its reference."""
+    from rouge_score import rouge_scorer
+
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
-    total = sum(scorer.score(r, p)["rougeL"].fmeasure for p, r in zip(predictions, references, strict=True))
-    return 100.0 * total / len(references)
+    return [100.0 * scorer.score(r, p)["rougeL"].fmeasure for p, r in zip(predictions, references, strict=True)]
+
+
+def exact_match_scores(predictions: Sequence[str], references: Sequence[str]) -> list[float]:
+    """1.0 where a prediction equals its reference after :func:`normalize_text`, else 0.0."""
+    return [float(normalize_text(p) == normalize_text(r)) for p, r in zip(predictions, references, strict=True)]
 
 
 def perplexity(total_nll: float, n_tokens: int) -> float:

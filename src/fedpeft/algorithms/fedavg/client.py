@@ -87,7 +87,7 @@ def evaluate_local(ctx: ClientContext, state: State, limit: int) -> dict[str, fl
     if not examples:
         return {"num_examples": 0}
     load_adapter_state(ctx.model, state)
-    if ctx.data.eval_mode == "label_words" and ctx.data.word_ids is not None:
+    if ctx.data.eval_mode == "label_words":
         metrics = evaluate_classification(ctx.model, examples, ctx.data.collate, ctx.data.word_ids)
         metrics = {"accuracy": metrics["accuracy"]}
     else:

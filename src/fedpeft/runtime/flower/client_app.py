@@ -32,8 +32,7 @@ import torch
 from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp as FlowerClientApp
 
-import fedpeft.algorithms.fedavg  # noqa: F401  (registers the built-in algorithms before we read the registry)
-from fedpeft.algorithms import get_algorithm
+from fedpeft.algorithms import get_algorithm, load_builtin_algorithms
 from fedpeft.algorithms.base import ClientContext, ClientData
 from fedpeft.comm.transport import serve
 from fedpeft.config import RunConfig, from_dict
@@ -47,6 +46,8 @@ from fedpeft.runtime.flower.records import (
     state_to_records,
 )
 from fedpeft.runtime.setup import build_federated_data, build_model
+
+load_builtin_algorithms()  # registers the built-in algorithms before the registry is read below
 
 __all__ = [
     "CONFIG_KEY",

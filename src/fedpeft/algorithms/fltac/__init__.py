@@ -1,0 +1,8 @@
+"""FL-TAC (Ping et al., arXiv 2404.15384): task-specific adapters clustered on the server, plus an inference router.
+Importing registers the ``fltac`` algorithm."""
+
+from fedpeft.algorithms.fltac.config import FLTACConfig
+from fedpeft.algorithms.fltac.router import Router, prompt_features
+from fedpeft.algorithms.fltac.server import FLTAC
+
+__all__ = ["FLTAC", "FLTACConfig", "Router", "prompt_features"]

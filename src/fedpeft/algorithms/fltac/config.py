@@ -1,0 +1,54 @@
+"""FL-TAC's ``[algorithm]`` table."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fedpeft.errors import ConfigError
+
+SPACES = ("flat", "product")
+K_SELECTIONS = ("fixed", "silhouette", "eigengap")
+
+
+@dataclass
+class FLTACConfig:
+    """FL-TAC (Ping et al., arXiv 2404.15384): one adapter per client task, k-means on the server, cluster means.
+
+    ``num_clusters``: K for k-means; 0 = the number of tasks in the job's evaluation data (the paper's known N).
+    ``k_selection``: ``fixed`` (use ``num_clusters``), or choose K each round when the number of tasks is unknown:
+    ``silhouette`` (best mean silhouette over K = 2..``max_clusters``) or ``eigengap`` (spectral eigengap).
+    ``distance``: cluster the flattened adapters (``flat``: A and B, the paper) or each LoRA module's ``B·A``
+    (``product``: invariant to rescaling A against B; LoRA only).
+    ``weighted``: cluster means weighted by each adapter's number of training examples (the reference code);
+    ``false`` = uniform mean (the paper's text).
+    ``n_init``: k-means restarts (the paper: 10).
+    ``min_task_examples``: a client trains an adapter for a local task only when it holds at least this many
+    training examples of it (Dirichlet splits leave some clients 1-2 examples of a task; 1 = train them all).
+    ``router_examples``: how many of a task's local examples (a seeded sample) a client averages into the task's
+    router feature, computed once on first contact.
+    """
+
+    num_clusters: int = 0
+    k_selection: str = "fixed"
+    max_clusters: int = 8
+    distance: str = "flat"
+    weighted: bool = True
+    n_init: int = 10
+    min_task_examples: int = 8
+    router_examples: int = 256
+
+    def __post_init__(self) -> None:
+        if self.k_selection not in K_SELECTIONS:
+            raise ConfigError("algorithm.k_selection", self.k_selection, K_SELECTIONS)
+        if self.distance not in SPACES:
+            raise ConfigError("algorithm.distance", self.distance, SPACES)
+        if self.num_clusters < 0:
+            raise ConfigError("algorithm.num_clusters", self.num_clusters, "0 (= number of tasks) or a positive K")
+        if self.max_clusters < 2:
+            raise ConfigError("algorithm.max_clusters", self.max_clusters, "an integer >= 2")
+        if self.n_init < 1:
+            raise ConfigError("algorithm.n_init", self.n_init, "an integer >= 1")
+        if self.router_examples < 1:
+            raise ConfigError("algorithm.router_examples", self.router_examples, "an integer >= 1")
+        if self.min_task_examples < 1:
+            raise ConfigError("algorithm.min_task_examples", self.min_task_examples, "an integer >= 1")

@@ -1,0 +1,101 @@
+"""Routing a new, unlabeled input to one of FL-TAC's task adapters (beyond the paper).
+
+Feature space: the mean, over the prompt tokens, of the last hidden layer of the model carrying the *initial*
+adapter (for LoRA that is the frozen base model), so every client and the server compute the same features
+without training anything. Each client reports, once, the mean feature of each of its local tasks (a [H] vector,
+never its examples); the server averages them within each cluster (weighted by example counts) into one centroid
+per task adapter; an input goes to the adapter with the nearest centroid (cosine distance).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+Collate = Callable[[Sequence[Mapping[str, Any]]], dict[str, torch.Tensor]]
+
+
+@torch.no_grad()
+def prompt_features(
+    model: torch.nn.Module, examples: Sequence[Mapping[str, Any]], collate: Collate, batch_size: int = 64
+) -> torch.Tensor:
+    """[N, H] mean last-layer hidden state over each example's prompt tokens (the response is not looked at)."""
+    model.eval()
+    device = next(model.parameters()).device
+    rows: list[torch.Tensor] = []
+    for i in range(0, len(examples), batch_size):
+        batch = {k: v.to(device) for k, v in collate(examples[i : i + batch_size]).items()}
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True)
+        hidden = out.hidden_states[-1].float()  # [B, T, H]
+        t = torch.arange(hidden.shape[1], device=device)[None, :]  # [1, T]
+        mask = (t < batch["prompt_length"][:, None]).float()  # [B, T]: prompt positions only
+        rows.append(((hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)).cpu())  # [B, H]
+    return torch.cat(rows) if rows else torch.zeros(0, 0)
+
+
+def cluster_centroids(
+    features: Sequence[torch.Tensor], labels: Sequence[int], weights: Sequence[float]
+) -> dict[int, torch.Tensor]:
+    """Weighted mean feature [H] of each cluster's members (one feature per client task)."""
+    out: dict[int, torch.Tensor] = {}
+    for k in sorted(set(labels)):
+        idx = [i for i, lab in enumerate(labels) if lab == k]
+        w = torch.tensor([float(weights[i]) for i in idx], dtype=torch.float64)
+        stack = torch.stack([features[i].double() for i in idx])  # [m, H]
+        out[k] = ((w[:, None] * stack).sum(0) / w.sum()).float()
+    return out
+
+
+@dataclass
+class Router:
+    """Nearest-centroid router: ``names[i]`` is the adapter whose centroid is ``centroids[i]`` [K, H].
+
+    ``center`` [H] (the mean feature of all tasks) is subtracted from inputs and centroids before the cosine:
+    hidden states of a language model share a large common direction that would otherwise make every cosine ~1.
+    """
+
+    names: list[str]
+    centroids: torch.Tensor
+    center: torch.Tensor
+
+    def route(self, features: torch.Tensor) -> list[int]:
+        """Index of the nearest centroid (cosine after centering) for each row of ``features`` [N, H]."""
+        if features.shape[0] == 0:
+            return []
+        x = F.normalize(features.float() - self.center.float(), dim=1)  # [N, H]
+        c = F.normalize(self.centroids.float() - self.center.float(), dim=1)  # [K, H]
+        return [int(i) for i in (x @ c.T).argmax(1)]
+
+    def save(self, folder: str | Path) -> None:
+        """``router.safetensors`` (centroids, center) + ``router.json`` (adapter names, feature definition)."""
+        path = Path(folder)
+        path.mkdir(parents=True, exist_ok=True)
+        tensors = {"centroids": self.centroids.contiguous(), "center": self.center.contiguous()}
+        save_file(tensors, str(path / "router.safetensors"))
+        meta = {"adapters": self.names, "features": "mean last hidden state over prompt tokens, initial adapter"}
+        (path / "router.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+    @classmethod
+    def load(cls, folder: str | Path) -> Router:
+        path = Path(folder)
+        meta = json.loads((path / "router.json").read_text())
+        tensors = load_file(str(path / "router.safetensors"))
+        return cls(list(meta["adapters"]), tensors["centroids"], tensors["center"])
+
+
+def fit_router(
+    features: Sequence[torch.Tensor], labels: Sequence[int], weights: Sequence[float], prefix: str = "cluster_"
+) -> Router:
+    """A router over clusters from member features [H] each, their cluster ids and example counts."""
+    cents = cluster_centroids(features, labels, weights)
+    ids = sorted(cents)
+    w = torch.tensor([float(v) for v in weights], dtype=torch.float64)
+    center = (torch.stack([f.double() for f in features]) * w[:, None]).sum(0) / w.sum()
+    return Router([f"{prefix}{i}" for i in ids], torch.stack([cents[i] for i in ids]), center.float())

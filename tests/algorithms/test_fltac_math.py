@@ -1,0 +1,141 @@
+"""FL-TAC's pure parts on tiny tensors: adapter vectors, k-means, K selection, cluster means, stable ids, scores,
+and the router."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from fedpeft.algorithms.fltac import cluster
+from fedpeft.algorithms.fltac.router import Router, cluster_centroids, fit_router
+
+
+def lora_state(a: torch.Tensor, b: torch.Tensor) -> dict[str, torch.Tensor]:
+    return {"m.lora_A.weight": a, "m.lora_B.weight": b}
+
+
+def blobs(centers: list[list[float]], per: int = 5, noise: float = 0.05, seed: int = 0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    rows = [torch.tensor(c) + noise * torch.randn(per, len(c), generator=gen) for c in centers]
+    return torch.cat(rows)
+
+
+def test_flat_vector_is_sorted_concatenation():
+    state = {"b": torch.tensor([[3.0, 4.0]]), "a": torch.tensor([1.0, 2.0])}
+    assert cluster.adapter_vector(state, "flat").tolist() == [1.0, 2.0, 3.0, 4.0]
+
+
+def test_product_vector_is_invariant_to_rescaling_a_against_b():
+    gen = torch.Generator().manual_seed(1)
+    a, b = torch.randn(2, 4, generator=gen), torch.randn(3, 2, generator=gen)
+    v = cluster.adapter_vector(lora_state(a, b), "product", scaling=2.0)
+    w = cluster.adapter_vector(lora_state(3.0 * a, b / 3.0), "product", scaling=2.0)
+    assert v.shape == (12,)
+    assert torch.allclose(v, w)
+    assert torch.allclose(v, (2.0 * b @ a).reshape(-1).double())
+    # ... while the flattened (A, B) vectors of the same update differ
+    assert not torch.allclose(
+        cluster.adapter_vector(lora_state(a, b)), cluster.adapter_vector(lora_state(3 * a, b / 3))
+    )
+
+
+def test_product_needs_lora_and_unknown_space_is_refused():
+    with pytest.raises(ValueError, match="LoRA"):
+        cluster.adapter_vector({"x": torch.ones(2)}, "product")
+    with pytest.raises(ValueError, match="flat"):
+        cluster.adapter_vector({"x": torch.ones(2)}, "cosine")
+
+
+def test_kmeans_recovers_separated_blobs_and_is_seeded():
+    x = blobs([[0, 0], [5, 5], [0, 5]])
+    labels, inertia = cluster.kmeans(x, 3, seed=7)
+    truth = [0] * 5 + [1] * 5 + [2] * 5
+    assert cluster.adjusted_rand(labels, truth) == pytest.approx(1.0)
+    assert inertia < 15 * 0.05**2 * 2 * 4  # only the noise is left
+    assert cluster.kmeans(x, 3, seed=7) == (labels, inertia)
+
+
+def test_kmeans_clips_k_to_distinct_points():
+    x = torch.tensor([[1.0, 1.0], [1.0, 1.0], [2.0, 2.0]])
+    labels, _ = cluster.kmeans(x, 3, seed=0)
+    assert len(set(labels)) == 2 and labels[0] == labels[1] != labels[2]
+    assert cluster.kmeans(x[:2], 3, seed=0)[0] == [0, 0]
+
+
+@pytest.mark.parametrize("method", ["silhouette", "eigengap"])
+@pytest.mark.parametrize("k", [2, 3, 4])
+def test_choose_k_finds_the_number_of_blobs(method, k):
+    x = blobs([[10.0 * i, (-10.0) ** i] for i in range(k)], per=6)
+    chosen, score = cluster.choose_k(x, method, 6, seed=0)
+    assert chosen == k
+    if method == "silhouette":
+        assert score > 0.9
+
+
+def test_silhouette_undefined_cases_and_sklearn_value():
+    x = torch.tensor([[0.0], [1.0], [10.0], [11.0]])
+    assert cluster.silhouette(x, [0, 0, 0, 0]) == -1.0
+    assert cluster.silhouette(x, [0, 1, 2, 3]) == -1.0
+    # a(i) = 1, b(i) = mean distance to the other pair: (10 + 11) / 2 = 10.5 for the points 0 and 11 ... by hand
+    s0 = 1 - 1 / 10.5
+    s1 = 1 - 1 / 9.5
+    assert cluster.silhouette(x, [0, 0, 1, 1]) == pytest.approx((s0 + s1 + s1 + s0) / 4)
+
+
+def test_cluster_means_uniform_and_weighted():
+    states = [{"w": torch.tensor([0.0])}, {"w": torch.tensor([2.0])}, {"w": torch.tensor([10.0])}]
+    uniform = cluster.cluster_means(states, [0, 0, 1])
+    assert uniform[0]["w"].item() == pytest.approx(1.0) and uniform[1]["w"].item() == pytest.approx(10.0)
+    weighted = cluster.cluster_means(states, [0, 0, 1], [3.0, 1.0, 5.0])
+    assert weighted[0]["w"].item() == pytest.approx(0.5)
+
+
+def test_match_clusters_follows_the_centres_and_appends_new_ids():
+    old = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    new = torch.tensor([[0.1, 9.9], [0.2, 0.1], [9.7, 0.3]])
+    assert cluster.match_clusters(new, old) == [2, 0, 1]
+    more = torch.cat([new, torch.tensor([[50.0, 50.0]])])
+    assert cluster.match_clusters(more, old) == [2, 0, 1, 3]
+    assert cluster.match_clusters(new, old[:0]) == [0, 1, 2]
+
+
+def test_purity_and_adjusted_rand_by_hand():
+    truth = [0, 0, 0, 1, 1, 1]
+    assert cluster.purity([5, 5, 5, 9, 9, 9], truth) == 1.0
+    assert cluster.adjusted_rand([5, 5, 5, 9, 9, 9], truth) == pytest.approx(1.0)
+    assert cluster.purity([0, 0, 1, 1, 1, 1], truth) == pytest.approx(5 / 6)
+    # every permutation of the cluster ids scores the same
+    for perm in itertools.permutations([0, 1, 2]):
+        labels = [perm[i % 3] for i in range(6)]
+        assert cluster.adjusted_rand(labels, truth) == pytest.approx(cluster.adjusted_rand([0, 1, 2] * 2, truth))
+    # ARI of the clustering [0,0,1,1,1,1] vs truth: contingency [[2,0],[1,3]] -> by the formula
+    index = 1 + 0 + 0 + 3  # sum C(n_ij, 2)
+    a, b, n = 1 + 6, 3 + 3, 15  # C(2,2)+C(4,2); C(3,2)+C(3,2); C(6,2)
+    expected = (index - a * b / n) / ((a + b) / 2 - a * b / n)
+    assert cluster.adjusted_rand([0, 0, 1, 1, 1, 1], truth) == pytest.approx(expected)
+
+
+def test_task_of_cluster_one_to_one_and_majority():
+    # clusters 7, 3, 5 hold mostly tasks 2, 0, 1
+    labels = [7, 7, 7, 3, 3, 5, 5, 5, 3]
+    truth = [2, 2, 0, 0, 0, 1, 1, 1, 1]
+    assert cluster.task_of_cluster(labels, truth, 3) == {0: 3, 1: 5, 2: 7}
+    # fewer clusters than tasks: each task takes the cluster holding most of it
+    assert cluster.task_of_cluster([0, 0, 0, 1, 1], [0, 1, 1, 2, 2], 3) == {0: 0, 1: 0, 2: 1}
+
+
+def test_router_routes_to_nearest_centred_centroid_and_round_trips(tmp_path):
+    common = torch.tensor([100.0, 100.0, 100.0])  # the shared direction every hidden state carries
+    feats = [common + torch.tensor([1.0, 0, 0]), common + torch.tensor([0, 1.0, 0]), common + torch.tensor([1.2, 0, 0])]
+    router = fit_router(feats, [0, 1, 0], [10.0, 10.0, 10.0])
+    assert router.names == ["cluster_0", "cluster_1"]
+    cents = cluster_centroids(feats, [0, 1, 0], [10.0, 10.0, 10.0])
+    assert torch.allclose(cents[0], common + torch.tensor([1.1, 0, 0]))
+    queries = torch.stack([common + torch.tensor([0.9, 0.1, 0]), common + torch.tensor([0.1, 0.8, 0])])
+    assert router.route(queries) == [0, 1]
+    router.save(tmp_path / "r")
+    again = Router.load(tmp_path / "r")
+    assert again.names == router.names and again.route(queries) == [0, 1]
+    assert router.route(torch.zeros(0, 3)) == []

@@ -1,0 +1,128 @@
+"""FL-TAC end to end on the local runtime: per-task adapters, clustering reports, bytes, exported task adapters that
+plain peft reproduces, a router, truth labels never used to cluster, and resume after a crash."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from fedpeft.algorithms.fltac import client as fltac_client
+from fedpeft.algorithms.fltac.server import FLTAC
+from fedpeft.errors import ConfigError
+from fedpeft.runtime import run_federated
+
+MIX = {"dataset": "sst2+rte", "train_limit": 120, "eval_limit": 40, "max_length": 64}
+FED = {"algorithm": "fltac", "rounds": 2, "num_clients": 3, "partition_by": "task", "alpha": 0.5}
+
+
+def lines(run, kind):
+    return [e for e in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if e["event"] == kind]
+
+
+def adapters(run):
+    return {p.parent.name: load_file(p) for p in sorted((run / "adapter").glob("cluster_*/adapter_model.safetensors"))}
+
+
+@pytest.mark.slow
+def test_fltac_trains_one_adapter_per_task_and_exports_them(job):
+    from peft import PeftModel
+
+    from fedpeft.algorithms.fltac.router import Router
+    from fedpeft.models import load_model, load_tokenizer
+    from fedpeft.runtime.setup import build_federated_data
+    from fedpeft.training.evaluate import evaluate_classification
+
+    cfg = job(data=MIX, federation={**FED, "client_eval_every": 2}, algorithm={"min_task_examples": 4})
+    run = run_federated(cfg, quiet=True).path
+    tasks = {e["client"]: e["num_tasks"] for e in lines(run, "client_tasks")}
+    assert sorted(tasks) == [0, 1, 2] and all(1 <= n <= 2 for n in tasks.values())  # one query per client
+    rounds = lines(run, "round")
+    slots = sum(tasks.values())
+    for r in rounds:
+        assert r["adapters"] == slots and r["clusters"] == 2 and sum(r["cluster_sizes"]) == slots
+        assert 0.5 <= r["purity"] <= 1.0 and -1.0 <= r["ari"] <= 1.0
+
+    # Up: one LoRA update per local task (4 layers x (q, v) x (A [4, 128] + B [128, 4]) fp32); down: one per task.
+    per_adapter = 4 * 2 * 2 * 4 * 128 * 4
+    for e in lines(run, "client_train"):
+        assert e["bytes_up"] == e["bytes_down"] == tasks[e["client"]] * per_adapter
+
+    final = lines(run, "eval")[-1]
+    assert {"accuracy", "accuracy_sst2", "accuracy_rte", "accuracy_routed", "routing_accuracy"} <= set(final)
+    assert final["accuracy"] == pytest.approx((final["accuracy_sst2"] + final["accuracy_rte"]) / 2)
+    assert {e["client"] for e in lines(run, "client_eval")} == {0, 1, 2}
+
+    # Exported: one PEFT adapter per cluster + router + the measured task -> adapter map; plain peft reproduces the
+    # per-task accuracy the server logged.
+    owner = json.loads((run / "adapter" / "tasks.json").read_text())["task_adapters_measured"]
+    assert sorted(owner) == ["rte", "sst2"] and set(owner.values()) <= {"cluster_0", "cluster_1"}
+    assert Router.load(run / "adapter").names == ["cluster_0", "cluster_1"]
+    tok = load_tokenizer("tiny-small")
+    task = build_federated_data(cfg, tok).task
+    sst2 = [e for e in task.eval if e["task"] == "sst2"]
+    model = PeftModel.from_pretrained(load_model("tiny-small"), str(run / "adapter" / owner["sst2"]))
+    acc = evaluate_classification(model, sst2, task.collate, None)["accuracy"]
+    assert acc == pytest.approx(final["accuracy_sst2"])
+    assert sorted(p.name for p in (run / "adapters" / "round_0002").iterdir()) == ["cluster_0", "cluster_1"]
+
+
+@pytest.mark.slow
+def test_clustering_never_reads_the_true_tasks(job, monkeypatch):
+    cfg = job(data=MIX, federation=FED, algorithm={"min_task_examples": 4})
+    honest = run_federated(cfg, quiet=True).path
+    original = fltac_client.app._handlers["query.fltac"]
+
+    def lying(ctx, msg):
+        reply = original(ctx, msg)
+        reply.metrics = {k: (0.0 if k.startswith("task") else v) for k, v in reply.metrics.items()}
+        return reply
+
+    monkeypatch.setitem(fltac_client.app._handlers, "query.fltac", lying)
+    blind = run_federated(job(data=MIX, federation=FED, algorithm={"min_task_examples": 4}), quiet=True).path
+    want, got = adapters(honest), adapters(blind)
+    assert want.keys() == got.keys() == {"cluster_0", "cluster_1"}
+    for name in want:
+        for key, value in want[name].items():
+            assert torch.equal(got[name][key], value), (name, key)
+    assert all(r["purity"] == 1.0 for r in lines(blind, "round"))  # every point "is" task 0 when told so
+
+
+@pytest.mark.slow
+def test_fltac_resumes_after_a_crash_to_the_same_result(job, monkeypatch):
+    cfg = job(data=MIX, federation=FED, algorithm={"min_task_examples": 4, "distance": "product"})
+    straight = run_federated(cfg, quiet=True).path
+    real = FLTAC.fit_round
+
+    def crash_in_round_2(self, rnd, grid):
+        if rnd == 2:
+            raise RuntimeError("killed")
+        return real(self, rnd, grid)
+
+    monkeypatch.setattr(FLTAC, "fit_round", crash_in_round_2)
+    crashed_cfg = job(data=MIX, federation=FED, algorithm={"min_task_examples": 4, "distance": "product"})
+    with pytest.raises(RuntimeError, match="killed"):
+        run_federated(crashed_cfg, quiet=True)
+    monkeypatch.setattr(FLTAC, "fit_round", real)
+    crashed = max((straight.parent).glob("t-*"), key=lambda p: p.stat().st_mtime)
+    assert crashed != straight
+    resumed = run_federated(resume=crashed, quiet=True).path
+    want, got = adapters(straight), adapters(resumed)
+    assert want.keys() == got.keys() and want
+    for name in want:
+        for key, value in want[name].items():
+            assert torch.equal(got[name][key], value), (name, key)
+    assert len(lines(resumed, "client_tasks")) == 3  # described once; the resumed server remembered them
+
+
+def test_fltac_config_errors(job):
+    with pytest.raises(ConfigError, match="algorithm.distance"):
+        job(data=MIX, federation=FED, algorithm={"distance": "cosine"})
+    with pytest.raises(ConfigError, match="algorithm.k_selection"):
+        job(data=MIX, federation=FED, algorithm={"k_selection": "elbow"})
+    with pytest.raises(ConfigError, match="'flat' for adapter.method='ia3'"):
+        job(data=MIX, federation=FED, adapter={"method": "ia3"}, algorithm={"distance": "product"})
+    with pytest.raises(ConfigError, match="algorithm"):
+        job(data=MIX, federation=FED, algorithm={"momentum": 0.9})  # a FedAvgM field is not an FL-TAC field
