@@ -112,7 +112,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from fedpeft.runtime.export import export_run
 
     out = args.out or args.run_dir / ("merged" if args.merge else "export")
-    print(export_run(args.run_dir, out, merge=args.merge, round=args.round))
+    print(export_run(args.run_dir, out, merge=args.merge, round=args.round, adapter=args.adapter))
     return 0
 
 
@@ -133,6 +133,7 @@ def _add_export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
     p.add_argument("--merge", action="store_true", help="fold the adapter into the base weights (a plain HF model)")
     p.add_argument("--round", type=int, help="export adapters/round_NNNN instead of the final adapter")
+    p.add_argument("--adapter", help="one named adapter of a multi-adapter run (FL-TAC: cluster_<k>)")
     p.add_argument("--out", type=Path, help="output folder (default RUN_DIR/export or RUN_DIR/merged)")
 
 

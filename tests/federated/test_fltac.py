@@ -27,7 +27,7 @@ def adapters(run):
 
 
 @pytest.mark.slow
-def test_fltac_trains_one_adapter_per_task_and_exports_them(job):
+def test_fltac_trains_one_adapter_per_task_and_exports_them(job, tmp_path):
     from peft import PeftModel
 
     from fedpeft.algorithms.fltac.router import Router
@@ -67,6 +67,21 @@ def test_fltac_trains_one_adapter_per_task_and_exports_them(job):
     acc = evaluate_classification(model, sst2, task.collate, None)["accuracy"]
     assert acc == pytest.approx(final["accuracy_sst2"])
     assert sorted(p.name for p in (run / "adapters" / "round_0002").iterdir()) == ["cluster_0", "cluster_1"]
+
+    # fedpeft export: every task adapter + router, or one by name; merging needs the name.
+    from transformers import AutoModelForCausalLM
+
+    from fedpeft.runtime.export import export_run
+
+    everything = export_run(run, tmp_path / "all")
+    assert {"cluster_0", "cluster_1", "router.json", "router.safetensors"} <= {p.name for p in everything.iterdir()}
+    with pytest.raises(ConfigError, match="--adapter"):
+        export_run(run, tmp_path / "merged", merge=True)
+    with pytest.raises(ConfigError, match="cluster_0"):
+        export_run(run, tmp_path / "one", adapter="cluster_9")
+    merged = export_run(run, tmp_path / "merged", merge=True, adapter=owner["sst2"])
+    plain = AutoModelForCausalLM.from_pretrained(merged)
+    assert evaluate_classification(plain, sst2, task.collate, None)["accuracy"] == pytest.approx(acc)
 
 
 @pytest.mark.slow

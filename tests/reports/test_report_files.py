@@ -14,7 +14,7 @@ from fedpeft.errors import FedPeftError
 from fedpeft.reports import compare_runs, load_run, write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-RUN_PNGS = ["global_metric.png", "client_metric.png", "loss.png", "bytes.png", "client_data.png"]
+RUN_PNGS = ["global_metric.png", "client_metric.png", "loss.png", "bytes.png", "client_data.png", "round_fields.png"]
 
 
 def assert_png(path: Path) -> None:

@@ -38,6 +38,7 @@ def test_series_are_parsed_exactly(tmp_path: Path) -> None:
     assert set(rec.client_train_loss[1]) == {1, 2, 3}
     assert rec.client_train_loss[0] == {r: client_loss(r, 0) for r in range(1, 5)}
     assert rec.train_loss == {r: round_train_loss(r) for r in range(1, 5)}
+    assert rec.round_fields == {"update_norm": {r: 0.1 for r in range(1, 5)}}  # the algorithm's own round numbers
     assert rec.bytes_up == {1: 3 * BYTES, 2: 2 * BYTES, 3: 3 * BYTES, 4: 2 * BYTES}
     assert rec.bytes_down == {r: 3 * BYTES for r in range(1, 5)}
     assert rec.total_bytes_up == 10 * BYTES

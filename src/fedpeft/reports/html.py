@@ -26,6 +26,7 @@ PLOT_TITLES = {
     "loss.png": "Training loss",
     "bytes.png": "Communication per round",
     "client_data.png": "Client data",
+    "round_fields.png": "Algorithm figures per round (clustering purity / ARI, update norm, ...)",
     "comparison.png": "Primary metric per round",
 }
 

@@ -131,6 +131,32 @@ def plot_loss(record: RunRecord, path: str | Path) -> Path | None:
     return _save(fig, path)
 
 
+def plot_round_fields(record: RunRecord, path: str | Path) -> Path | None:
+    """The algorithm's own per-round numbers (FL-TAC's purity and adjusted Rand index, FLoRA's global rank,
+    the update norm), one panel each (``round_fields.png``)."""
+    preferred = ("ari", "purity", "clusters")
+    names = sorted(
+        record.round_fields, key=lambda n: (n not in preferred, preferred.index(n) if n in preferred else 0, n)
+    )
+    names = names[:MAX_METRIC_PANELS]
+    if not names:
+        return None
+    ncols = min(3, len(names))
+    nrows = math.ceil(len(names) / ncols)
+    fig = _figure(4.0 * ncols, 3.0 * nrows)
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    for ax, name in zip(axes, names, strict=False):
+        ax.plot(*_xy(record.round_fields[name]), marker="o", markersize=3)
+        ax.set_title(name)
+        if name in ("ari", "purity"):
+            ax.set_ylim(-0.05, 1.05)
+        _integer_x(ax)
+    for ax in axes[len(names) :]:
+        ax.set_visible(False)
+    fig.suptitle(f"{record.name}: per-round algorithm figures")
+    return _save(fig, path)
+
+
 def plot_bytes(record: RunRecord, path: str | Path) -> Path | None:
     """Bytes up and down per round, in MB (10^6 bytes), as grouped bars (``bytes.png``)."""
     rounds = sorted(set(record.bytes_up) | set(record.bytes_down))

@@ -20,6 +20,7 @@ RUN_PLOTS: tuple[tuple[str, PlotFn], ...] = (
     ("loss.png", plots.plot_loss),
     ("bytes.png", plots.plot_bytes),
     ("client_data.png", plots.plot_client_data),
+    ("round_fields.png", plots.plot_round_fields),
 )
 
 

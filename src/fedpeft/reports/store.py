@@ -23,6 +23,9 @@ PRIMARY_METRICS = ("accuracy", "rouge_l", "perplexity")
 # Event fields that are never metric values.
 _NOT_METRICS = frozenset({"event", "time", "round", "client", "num_examples", "stage", "step", "clients"})
 
+# Round-event fields every algorithm logs (plotted elsewhere); the rest are the algorithm's own (purity, ari, ...).
+_ROUND_STANDARD = frozenset({"bytes_up", "bytes_down", "seconds", "train_loss"})
+
 Series = dict[int, float]  # round (or step) -> value
 
 
@@ -61,6 +64,7 @@ class RunRecord:
     client_metrics: dict[str, dict[int, Series]] = field(default_factory=dict)  # metric -> client -> round -> value
     client_train_loss: dict[int, Series] = field(default_factory=dict)  # client -> round -> loss
     train_loss: Series = field(default_factory=dict)  # round -> example-weighted train loss
+    round_fields: dict[str, Series] = field(default_factory=dict)  # algorithm-specific numbers of round events
     bytes_up: dict[int, int] = field(default_factory=dict)  # round -> bytes
     bytes_down: dict[int, int] = field(default_factory=dict)
     incidents: list[Incident] = field(default_factory=list)
@@ -228,6 +232,9 @@ def _apply(rec: RunRecord, ev: dict[str, Any]) -> None:
             rec.train_loss[int(rnd)] = float(ev["train_loss"])
         rec.bytes_up[int(rnd)] = int(ev.get("bytes_up") or 0)
         rec.bytes_down[int(rnd)] = int(ev.get("bytes_down") or 0)
+        for name, value in _metrics(ev).items():
+            if name not in _ROUND_STANDARD:
+                rec.round_fields.setdefault(name, {})[int(rnd)] = value
     elif kind in ("rejected", "failure"):
         rec.incidents.append(Incident(str(kind), int(rnd or 0), int(ev.get("client", -1)), str(ev.get("reason", ""))))
     elif kind == "train_step":

@@ -24,8 +24,32 @@ def _adapter_dir(run_dir: Path, round: int | None) -> Path:
     return folder
 
 
-def export_run(run_dir: str | Path, out: str | Path, *, merge: bool = False, round: int | None = None) -> Path:
+def _named_adapters(folder: Path) -> list[str]:
+    """Sub-folders holding a PEFT adapter (FL-TAC saves one per task cluster)."""
+    return sorted(p.parent.name for p in folder.glob("*/adapter_config.json"))
+
+
+def _pick_adapter(folder: Path, name: str | None) -> Path:
+    names = _named_adapters(folder)
+    if name is None:
+        return folder
+    if name not in names:
+        raise ConfigError("--adapter", name, names or "a run with named adapters (e.g. FL-TAC's cluster_<k>)")
+    return folder / name
+
+
+def export_run(
+    run_dir: str | Path,
+    out: str | Path,
+    *,
+    merge: bool = False,
+    round: int | None = None,
+    adapter: str | None = None,
+) -> Path:
     """Export the final (or round ``round``'s) global adapter of a run to ``out``.
+
+    Runs with several adapters (FL-TAC: ``cluster_<k>/`` plus its router) export all of them, or the one named by
+    ``adapter``; merging needs one adapter, so ``merge`` requires ``adapter`` there.
 
     Without ``merge`` the adapter folder is copied as is (loadable with ``PeftModel.from_pretrained`` for peft-backed
     methods). With ``merge`` the adapter is folded into the base model's weights (``merge_and_unload``) and a plain
@@ -37,7 +61,9 @@ def export_run(run_dir: str | Path, out: str | Path, *, merge: bool = False, rou
     cfg_path = run / "config.toml"
     if not cfg_path.is_file():
         raise ConfigError("RUN_DIR", str(run), "a run directory containing config.toml")
-    src = _adapter_dir(run, round)
+    src = _pick_adapter(_adapter_dir(run, round), adapter)
+    if merge and not (src / "adapter_config.json").is_file() and _named_adapters(src):
+        raise ConfigError("--adapter", None, f"one of {_named_adapters(src)} to merge (this run has several)")
     dest = Path(out)
     if dest.exists():
         raise FedPeftError(f"{dest} already exists; choose a new output folder")
