@@ -14,6 +14,8 @@ from fedpeft.algorithms.fltac.server import FLTAC
 from fedpeft.errors import ConfigError
 from fedpeft.runtime import run_federated
 
+# Product distance and K chosen by silhouette each round (the number of tasks unknown to the server).
+AUTO_K = {"min_task_examples": 4, "distance": "product", "k_selection": "silhouette", "max_clusters": 3}
 MIX = {"dataset": "sst2+rte", "train_limit": 120, "eval_limit": 40, "max_length": 64}
 FED = {"algorithm": "fltac", "rounds": 2, "num_clients": 3, "partition_by": "task", "alpha": 0.5}
 
@@ -86,8 +88,8 @@ def test_fltac_trains_one_adapter_per_task_and_exports_them(job, tmp_path):
 
 @pytest.mark.slow
 def test_clustering_never_reads_the_true_tasks(job, monkeypatch):
-    cfg = job(data=MIX, federation=FED, algorithm={"min_task_examples": 4})
-    honest = run_federated(cfg, quiet=True).path
+    options = {"min_task_examples": 4, "cluster_on": "update", "normalize": True}
+    honest = run_federated(job(data=MIX, federation=FED, algorithm=options), quiet=True).path
     original = fltac_client.app._handlers["query.fltac"]
 
     def lying(ctx, msg):
@@ -96,7 +98,7 @@ def test_clustering_never_reads_the_true_tasks(job, monkeypatch):
         return reply
 
     monkeypatch.setitem(fltac_client.app._handlers, "query.fltac", lying)
-    blind = run_federated(job(data=MIX, federation=FED, algorithm={"min_task_examples": 4}), quiet=True).path
+    blind = run_federated(job(data=MIX, federation=FED, algorithm=options), quiet=True).path
     want, got = adapters(honest), adapters(blind)
     assert want.keys() == got.keys() == {"cluster_0", "cluster_1"}
     for name in want:
@@ -107,7 +109,7 @@ def test_clustering_never_reads_the_true_tasks(job, monkeypatch):
 
 @pytest.mark.slow
 def test_fltac_resumes_after_a_crash_to_the_same_result(job, monkeypatch):
-    cfg = job(data=MIX, federation=FED, algorithm={"min_task_examples": 4, "distance": "product"})
+    cfg = job(data=MIX, federation=FED, algorithm=AUTO_K)
     straight = run_federated(cfg, quiet=True).path
     real = FLTAC.fit_round
 
@@ -117,7 +119,7 @@ def test_fltac_resumes_after_a_crash_to_the_same_result(job, monkeypatch):
         return real(self, rnd, grid)
 
     monkeypatch.setattr(FLTAC, "fit_round", crash_in_round_2)
-    crashed_cfg = job(data=MIX, federation=FED, algorithm={"min_task_examples": 4, "distance": "product"})
+    crashed_cfg = job(data=MIX, federation=FED, algorithm=AUTO_K)
     with pytest.raises(RuntimeError, match="killed"):
         run_federated(crashed_cfg, quiet=True)
     monkeypatch.setattr(FLTAC, "fit_round", real)
@@ -130,11 +132,14 @@ def test_fltac_resumes_after_a_crash_to_the_same_result(job, monkeypatch):
         for key, value in want[name].items():
             assert torch.equal(got[name][key], value), (name, key)
     assert len(lines(resumed, "client_tasks")) == 3  # described once; the resumed server remembered them
+    assert all(2 <= r["clusters"] <= 3 and "k_score" in r for r in lines(resumed, "round"))
 
 
 def test_fltac_config_errors(job):
     with pytest.raises(ConfigError, match="algorithm.distance"):
         job(data=MIX, federation=FED, algorithm={"distance": "cosine"})
+    with pytest.raises(ConfigError, match="algorithm.cluster_on"):
+        job(data=MIX, federation=FED, algorithm={"cluster_on": "gradient"})
     with pytest.raises(ConfigError, match="algorithm.k_selection"):
         job(data=MIX, federation=FED, algorithm={"k_selection": "elbow"})
     with pytest.raises(ConfigError, match="'flat' for adapter.method='ia3'"):

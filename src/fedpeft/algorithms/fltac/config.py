@@ -8,6 +8,7 @@ from fedpeft.errors import ConfigError
 
 SPACES = ("flat", "product")
 K_SELECTIONS = ("fixed", "silhouette", "eigengap")
+CLUSTER_ON = ("adapter", "update")
 
 
 @dataclass
@@ -19,6 +20,10 @@ class FLTACConfig:
     ``silhouette`` (best mean silhouette over K = 2..``max_clusters``) or ``eigengap`` (spectral eigengap).
     ``distance``: cluster the flattened adapters (``flat``: A and B, the paper) or each LoRA module's ``B·A``
     (``product``: invariant to rescaling A against B; LoRA only).
+    ``cluster_on``: what is clustered: the trained ``adapter`` (the paper) or its ``update`` this round (trained -
+    received; beyond the paper: a member that was put in the wrong cluster is not held there by its starting point).
+    ``normalize``: scale every vector to unit length before k-means (clusters by direction, not by how far an adapter
+    moved; beyond the paper).
     ``weighted``: cluster means weighted by each adapter's number of training examples (the reference code);
     ``false`` = uniform mean (the paper's text).
     ``n_init``: k-means restarts (the paper: 10).
@@ -32,6 +37,8 @@ class FLTACConfig:
     k_selection: str = "fixed"
     max_clusters: int = 8
     distance: str = "flat"
+    cluster_on: str = "adapter"
+    normalize: bool = False
     weighted: bool = True
     n_init: int = 10
     min_task_examples: int = 8
@@ -42,6 +49,8 @@ class FLTACConfig:
             raise ConfigError("algorithm.k_selection", self.k_selection, K_SELECTIONS)
         if self.distance not in SPACES:
             raise ConfigError("algorithm.distance", self.distance, SPACES)
+        if self.cluster_on not in CLUSTER_ON:
+            raise ConfigError("algorithm.cluster_on", self.cluster_on, CLUSTER_ON)
         if self.num_clusters < 0:
             raise ConfigError("algorithm.num_clusters", self.num_clusters, "0 (= number of tasks) or a positive K")
         if self.max_clusters < 2:

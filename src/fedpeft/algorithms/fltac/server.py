@@ -123,21 +123,26 @@ class FLTAC(Algorithm):
         info: dict[str, Any] = {"clients": [a.client_id for a in accepted], "sampled": sampled}
         members: list[str] = []
         states: list[State] = []
+        updates: list[State] = []
         for a in accepted:
             for j, update in sorted(split_slots(a.arrays).items()):
                 members.append(member(a.client_id, j))
                 states.append(state_add(self.start_state(a.client_id, j), update))
+                updates.append(update)
         if not states:
             return info
         total = sum(a.num_examples for a in accepted)
         info["train_loss"] = sum(a.metrics.get("loss", 0.0) * a.num_examples for a in accepted) / total
-        info.update(self.recluster(rnd, members, states))
+        info.update(self.recluster(rnd, members, states, updates))
         return info
 
-    def recluster(self, rnd: int, members: list[str], states: list[State]) -> dict[str, Any]:
+    def recluster(self, rnd: int, members: list[str], states: list[State], updates: list[State]) -> dict[str, Any]:
         """k-means over this round's adapters, cluster means, stable ids; returns the round's clustering fields."""
         opts = self.opts
-        vectors = torch.stack([cluster.adapter_vector(s, opts.distance, self.scaling) for s in states])  # [n, D]
+        points = states if opts.cluster_on == "adapter" else updates
+        vectors = torch.stack([cluster.adapter_vector(s, opts.distance, self.scaling) for s in points])  # [n, D]
+        if opts.normalize:
+            vectors = vectors / vectors.norm(dim=1, keepdim=True).clamp_min(1e-12)
         seed = derive_seed(self.cfg.seed, rnd, "kmeans")
         info: dict[str, Any] = {"adapters": len(states)}
         if opts.k_selection == "fixed":
