@@ -73,6 +73,7 @@ def main() -> None:
     ap.add_argument("--methods", nargs="+", default=["fltac", "fedavg", "centralized"])
     ap.add_argument("--output-dir", default=str(ROOT / "runs" / "bench"))
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "fltac_glue.json"))
+    ap.add_argument("--resume-fltac", type=Path, help="continue (or reuse, if finished) this FL-TAC run directory")
     args = ap.parse_args()
     torch.set_num_threads(2)
 
@@ -96,7 +97,11 @@ def main() -> None:
     holders: dict[str, int] = {}
     for method in [m for m in args.methods if m != "centralized"]:
         cfg = from_dict(RunConfig, federated(raw, method))
-        run = run_federated(cfg, quiet=True).path
+        if method == "fltac" and args.resume_fltac is not None:
+            done = (args.resume_fltac / "summary.json").is_file()
+            run = args.resume_fltac if done else run_federated(resume=args.resume_fltac, quiet=True).path
+        else:
+            run = run_federated(cfg, quiet=True).path
         row = summarize(run, tasks)
         row["per_round"] = [
             {k: e.get(k) for k in ("round", "accuracy", *(f"accuracy_{t}" for t in tasks), "routing_accuracy")}

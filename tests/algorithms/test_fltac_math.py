@@ -117,13 +117,16 @@ def test_purity_and_adjusted_rand_by_hand():
     assert cluster.adjusted_rand([0, 0, 1, 1, 1, 1], truth) == pytest.approx(expected)
 
 
-def test_task_of_cluster_one_to_one_and_majority():
+def test_task_of_cluster_takes_the_cluster_holding_most_of_each_task():
     # clusters 7, 3, 5 hold mostly tasks 2, 0, 1
     labels = [7, 7, 7, 3, 3, 5, 5, 5, 3]
     truth = [2, 2, 0, 0, 0, 1, 1, 1, 1]
     assert cluster.task_of_cluster(labels, truth, 3) == {0: 3, 1: 5, 2: 7}
-    # fewer clusters than tasks: each task takes the cluster holding most of it
-    assert cluster.task_of_cluster([0, 0, 0, 1, 1], [0, 1, 1, 2, 2], 3) == {0: 0, 1: 0, 2: 1}
+    # two similar tasks merged into one cluster share its adapter; an outlier cluster serves no task
+    labels = [0, 1, 1, 1, 1, 2, 2]
+    truth = [2, 0, 0, 1, 1, 2, 2]
+    assert cluster.task_of_cluster(labels, truth, 3) == {0: 1, 1: 1, 2: 2}
+    assert cluster.task_of_cluster([0, 0], [0, 0], 2) == {0: 0}  # task 1 was never clustered
 
 
 def test_router_routes_to_nearest_centred_centroid_and_round_trips(tmp_path):

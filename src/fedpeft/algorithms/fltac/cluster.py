@@ -163,21 +163,13 @@ def adjusted_rand(labels: Sequence[int], truth: Sequence[int]) -> float:
 
 
 def task_of_cluster(labels: Sequence[int], truth: Sequence[int], num_tasks: int) -> dict[int, int]:
-    """For reporting: which task each task's adapter is, as ``{task: cluster}``.
-
-    With as many clusters as tasks it is the one-to-one matching that agrees with the most points (Hungarian on the
-    contingency table); otherwise each task takes the cluster holding most of its points.
-    """
-    from scipy.optimize import linear_sum_assignment
-
+    """For reporting: which cluster is each task's adapter, as ``{task: cluster}``: the cluster holding most of
+    that task's adapters (the adapter most clients of the task train and receive). Two similar tasks can share one
+    cluster; a task with no clustered adapter is absent."""
     table = contingency(labels, truth)
-    clusters = sorted(table)
-    counts = np.zeros((len(clusters), num_tasks))
-    for i, k in enumerate(clusters):
-        for t, n in table[k].items():
-            if 0 <= t < num_tasks:
-                counts[i, t] = n
-    if len(clusters) == num_tasks:
-        rows, cols = linear_sum_assignment(-counts)
-        return {int(t): clusters[int(r)] for r, t in zip(rows, cols, strict=True)}
-    return {t: clusters[int(counts[:, t].argmax())] for t in range(num_tasks) if counts[:, t].sum() > 0}
+    out: dict[int, int] = {}
+    for t in range(num_tasks):
+        counts = {k: row.get(t, 0) for k, row in table.items() if row.get(t, 0) > 0}
+        if counts:
+            out[t] = min(counts, key=lambda k: (-counts[k], k))  # most members; ties -> lowest id
+    return out
