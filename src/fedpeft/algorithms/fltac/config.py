@@ -42,7 +42,7 @@ class FLTACConfig:
     weighted: bool = True
     n_init: int = 10
     min_task_examples: int = 8
-    router_examples: int = 256
+    router_examples: int = 64
 
     def __post_init__(self) -> None:
         if self.k_selection not in K_SELECTIONS:

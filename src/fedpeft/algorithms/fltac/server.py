@@ -89,7 +89,8 @@ class FLTAC(Algorithm):
             m = r.msg.metrics
             n = int(m.get("num_slots", 0))
             feats = [r.msg.arrays.get(f"feature{j}") for j in range(n)]
-            if any(f is None or f.dim() != 1 or not bool(torch.isfinite(f).all()) for f in feats):
+            bad_feature = any(f is None or f.dim() != 1 or not bool(torch.isfinite(f).all()) for f in feats)
+            if bad_feature or any(float(m.get(f"n{j}", 0)) <= 0 for j in range(n)):
                 self.server.log("rejected", round=rnd, client=r.client_id, reason="malformed task description")
                 continue
             self.slots[r.client_id] = n
