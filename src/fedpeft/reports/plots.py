@@ -61,23 +61,33 @@ def _ordered_metrics(names: Sequence[str]) -> list[str]:
     return sorted(names, key=lambda m: (rank.get(m, len(rank)), m == "loss", m))
 
 
-def plot_global_metrics(record: RunRecord, path: str | Path) -> Path | None:
-    """Every global eval metric against the round, one panel per metric (``global_metric.png``)."""
-    metrics = _ordered_metrics(list(record.global_metrics))[:MAX_METRIC_PANELS]
-    if not metrics:
+def _panels(
+    series: dict[str, Series], names: Sequence[str], title: str, path: str | Path, unit: Sequence[str] = ()
+) -> Path | None:
+    """One small line plot per name (at most MAX_METRIC_PANELS, three per row); ``unit`` names get a [0, 1] axis."""
+    names = list(names)[:MAX_METRIC_PANELS]
+    if not names:
         return None
-    ncols = min(3, len(metrics))
-    nrows = math.ceil(len(metrics) / ncols)
+    ncols = min(3, len(names))
+    nrows = math.ceil(len(names) / ncols)
     fig = _figure(4.0 * ncols, 3.0 * nrows)
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
-    for ax, metric in zip(axes, metrics, strict=False):
-        ax.plot(*_xy(record.global_metrics[metric]), marker="o", markersize=3)
-        ax.set_title(metric)
+    for ax, name in zip(axes, names, strict=False):
+        ax.plot(*_xy(series[name]), marker="o", markersize=3)
+        ax.set_title(name)
+        if name in unit:
+            ax.set_ylim(-0.05, 1.05)
         _integer_x(ax)
-    for ax in axes[len(metrics) :]:
+    for ax in axes[len(names) :]:
         ax.set_visible(False)
-    fig.suptitle(f"{record.name}: global evaluation")
+    fig.suptitle(title)
     return _save(fig, path)
+
+
+def plot_global_metrics(record: RunRecord, path: str | Path) -> Path | None:
+    """Every global eval metric against the round, one panel per metric (``global_metric.png``)."""
+    metrics = _ordered_metrics(list(record.global_metrics))
+    return _panels(record.global_metrics, metrics, f"{record.name}: global evaluation", path)
 
 
 def _client_metric(record: RunRecord) -> str | None:
@@ -138,23 +148,8 @@ def plot_round_fields(record: RunRecord, path: str | Path) -> Path | None:
     names = sorted(
         record.round_fields, key=lambda n: (n not in preferred, preferred.index(n) if n in preferred else 0, n)
     )
-    names = names[:MAX_METRIC_PANELS]
-    if not names:
-        return None
-    ncols = min(3, len(names))
-    nrows = math.ceil(len(names) / ncols)
-    fig = _figure(4.0 * ncols, 3.0 * nrows)
-    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
-    for ax, name in zip(axes, names, strict=False):
-        ax.plot(*_xy(record.round_fields[name]), marker="o", markersize=3)
-        ax.set_title(name)
-        if name in ("ari", "purity"):
-            ax.set_ylim(-0.05, 1.05)
-        _integer_x(ax)
-    for ax in axes[len(names) :]:
-        ax.set_visible(False)
-    fig.suptitle(f"{record.name}: per-round algorithm figures")
-    return _save(fig, path)
+    title = f"{record.name}: per-round algorithm figures"
+    return _panels(record.round_fields, names, title, path, unit=("ari", "purity"))
 
 
 def plot_bytes(record: RunRecord, path: str | Path) -> Path | None:

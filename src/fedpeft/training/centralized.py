@@ -93,12 +93,12 @@ def evaluate_task(
         return evaluate_lm(model, task.eval, task.collate, batch_size)
     tasks = [str(e.get("task", "")) for e in task.eval]
     metrics: dict[str, float] = {}
-    for name, scores in example_scores(model, task, batch_size, max_new_tokens).items():
-        metrics.update(summarize_by_task(scores, tasks, name))
-    if task.eval_mode == "label_words" and task.word_ids is not None:
-        preds = predict_labels(model, task.eval, task.collate, task.word_ids, batch_size)
+    scores, labels = _scores_and_labels(model, task, batch_size, max_new_tokens)
+    for name, values in scores.items():
+        metrics.update(summarize_by_task(values, tasks, name))
+    if labels is not None and task.word_ids is not None:  # the label bias of a single classification dataset
         for c in range(len(task.word_ids)):
-            metrics[f"pred_frac_{c}"] = sum(p == c for p in preds) / len(preds)
+            metrics[f"pred_frac_{c}"] = sum(p == c for p in labels) / len(labels)
     return metrics
 
 
@@ -112,9 +112,16 @@ def example_scores(
 ) -> dict[str, list[float]]:
     """Per-example scores of the eval split: ``accuracy`` (1.0 / 0.0 per label word) for classification,
     ``rouge_l`` and ``exact_match`` of the greedy generation otherwise. The first key is the headline metric."""
+    return _scores_and_labels(model, task, batch_size, max_new_tokens)[0]
+
+
+def _scores_and_labels(
+    model: torch.nn.Module, task: Task, batch_size: int, max_new_tokens: int
+) -> tuple[dict[str, list[float]], list[int] | None]:
+    """:func:`example_scores` plus the predicted class indices (classification only), from one pass."""
     if task.eval_mode == "label_words":
         labels = predict_labels(model, task.eval, task.collate, task.word_ids, batch_size)
-        return {"accuracy": [float(p == int(e["label"])) for p, e in zip(labels, task.eval, strict=True)]}
+        return {"accuracy": [float(p == int(e["label"])) for p, e in zip(labels, task.eval, strict=True)]}, labels
     if task.eval_mode != "generation":
         raise ConfigError("eval.mode", task.eval_mode, "'label_words' or 'generation' for per-example scores")
     from fedpeft.data import build_prompt
@@ -122,7 +129,7 @@ def example_scores(
     pairs = [build_prompt(row, task.template) for row in task.eval_raw]
     refs = [r.strip() for _, r in pairs]
     preds = generate(model, task.tokenizer, [p for p, _ in pairs], max_new_tokens, batch_size)
-    return {"rouge_l": rouge_l_scores(preds, refs), "exact_match": exact_match_scores(preds, refs)}
+    return {"rouge_l": rouge_l_scores(preds, refs), "exact_match": exact_match_scores(preds, refs)}, None
 
 
 def run_centralized(cfg: JobConfig, quiet: bool = False) -> RunDir:

@@ -205,7 +205,9 @@ class FLTAC(Algorithm):
         metrics: dict[str, float] = {}
         for t, rows in sorted(by_task.items()):
             cid = owner.get(self.task_names.index(t))
-            values = scores[cid] if cid is not None else es.scores(self.initial)
+            if cid is None and -1 not in scores:  # a task no clustered adapter serves: the initial adapter, once
+                scores[-1] = es.scores(self.initial)
+            values = scores[cid if cid is not None else -1]
             metrics[f"{name}_{t}"] = sum(values[i] for i in rows) / len(rows)
         metrics[name] = sum(metrics[f"{name}_{t}"] for t in by_task) / len(by_task)
         # Routed inference: no task label at test time; the router picks the adapter for each input.
