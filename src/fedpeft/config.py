@@ -127,7 +127,7 @@ class JobConfig:
                 raise ConfigError("train.loss", "label_words", "'lm' for generation datasets (no label words)")
 
 
-RUNTIMES = ("local", "flower-sim")
+RUNTIMES = ("local", "flower-sim", "deploy")
 
 
 @dataclass
@@ -231,6 +231,38 @@ class CommConfig:
 
 
 @dataclass
+class DeployConfig:
+    """The ``deploy`` runtime: a SuperLink and one SuperNode per client on this machine, through Flower's deployment
+    engine (see docs/deployment.md). Ignored by the other runtimes.
+
+    TLS and SuperNode authentication are on unless ``insecure`` (which prints a warning). ``certs`` is a folder made
+    by ``fedpeft deploy certs``; empty means one is generated inside the run directory. ``port`` 0 picks a free
+    port for the SuperLink. ``node_threads`` is each node worker's torch thread count (nodes share this machine).
+    A node process that dies is restarted when ``restart_nodes`` (it rejoins later rounds). ``poll_interval`` is
+    how often the server pulls replies (Flower's own loop sleeps 3 s). ``connect_timeout`` bounds the wait for
+    every node to come up and build its model.
+    """
+
+    insecure: bool = False
+    certs: str = ""
+    port: int = 0
+    node_threads: int = 1
+    restart_nodes: bool = True
+    poll_interval: float = 0.1
+    connect_timeout: float = 600.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.port, bool) or not 0 <= self.port <= 65535:
+            raise ConfigError("deploy.port", self.port, "0 (a free port) or a port number up to 65535")
+        if isinstance(self.node_threads, bool) or self.node_threads < 1:
+            raise ConfigError("deploy.node_threads", self.node_threads, "an integer >= 1")
+        if not 0 < self.poll_interval <= 5:
+            raise ConfigError("deploy.poll_interval", self.poll_interval, "seconds in (0, 5]")
+        if not self.connect_timeout > 0:
+            raise ConfigError("deploy.connect_timeout", self.connect_timeout, "seconds > 0")
+
+
+@dataclass
 class RunConfig(JobConfig):
     """A federated job: the centralized job's model/data/adapter/train (``train`` = each client's local steps per
     round) plus the federation, the wire, and the algorithm's own table ``[algorithm]`` (typed by the registered
@@ -239,6 +271,7 @@ class RunConfig(JobConfig):
     name: str = "fed"
     federation: FederationConfig = field(default_factory=FederationConfig)
     comm: CommConfig = field(default_factory=CommConfig)
+    deploy: DeployConfig = field(default_factory=DeployConfig)
     algorithm: Any = field(default_factory=dict)
 
     def __post_init__(self) -> None:

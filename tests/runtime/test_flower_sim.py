@@ -4,6 +4,7 @@ acceptance test (same seeded FedAvg job on ``local`` and ``flower-sim`` gives th
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -138,7 +139,10 @@ def test_config_text_round_trips(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------- FlowerGrid, no simulation engine
 class InProcessGrid:
     """Flower's grid API served in this process: each message is handed to the real fedpeft Flower ClientApp with
-    a per-node Context (what Flower's engine does in Ray workers); exceptions become error replies as in Flower."""
+    a per-node Context (what Flower's engine does in Ray workers); exceptions become error replies as in Flower.
+
+    Nodes can be taken offline (``offline``: listed no more, their messages never answered) and restarted
+    (``restart``: a new activation time and an empty ``context.state``, as a SuperNode that came back)."""
 
     def __init__(self, num_nodes: int, drop: Iterable[int] = ()) -> None:
         self.contexts = {  # node ids in the opposite order of partition ids, like Flower's random ids can be
@@ -146,21 +150,52 @@ class InProcessGrid:
             for i in range(num_nodes)
         }
         self.drop = set(drop)  # partitions whose replies never arrive (a timeout)
+        self.offline: set[int] = set()  # node ids
+        self.activated = {node: "t0" for node in self.contexts}
         self.calls: list[list[int]] = []
+        self.received: list[tuple[int, str]] = []  # (node id, message type) of every message handled
+        self._pending: dict[str, Message] = {}
 
     def get_node_ids(self) -> list[int]:
-        return list(self.contexts)
+        return [n for n in self.contexts if n not in self.offline]
 
-    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:
+    def get_nodes(self) -> list[Any]:
+        from types import SimpleNamespace
+
+        return [SimpleNamespace(node_id=n, last_activated_at=self.activated[n]) for n in self.get_node_ids()]
+
+    def restart(self, node: int) -> None:
+        ctx = self.contexts[node]
+        self.contexts[node] = Context(1, node, dict(ctx.node_config), RecordDict(), {})
+        self.activated[node] += "'"
+        self.offline.discard(node)
+
+    def push_messages(self, messages: Iterable[Message]) -> list[str]:
+        from uuid import uuid4
+
         msgs = list(messages)
         nodes = [m.metadata.dst_node_id for m in msgs]
         assert len(nodes) == len(set(nodes)), "FlowerGrid must not send two messages to one node in one call"
         self.calls.append(nodes)
-        out = []
+        ids = []
         for m in msgs:
+            m.metadata.__dict__["_message_id"] = str(uuid4())  # as Flower's grids do when pushing
+            self._pending[m.metadata.message_id] = m
+            ids.append(m.metadata.message_id)
+        return ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> list[Message]:
+        out = []
+        for mid in list(message_ids):
+            m = self._pending[mid]
             ctx = self.contexts[m.metadata.dst_node_id]
-            if int(ctx.node_config["partition-id"]) in self.drop and not m.metadata.message_type.startswith("query"):
-                continue
+            dropped = int(ctx.node_config["partition-id"]) in self.drop and not m.metadata.message_type.startswith(
+                "query"
+            )
+            if dropped or m.metadata.dst_node_id in self.offline:
+                continue  # never answered: stays pending
+            del self._pending[mid]
+            self.received.append((m.metadata.dst_node_id, m.metadata.message_type))
             try:
                 out.append(flower_client_module.app(m, ctx))
             except Exception as exc:
@@ -187,7 +222,8 @@ def in_process(built: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
     # Message() needs a run identity, which only a Flower run sets (private attributes; restored after the test)
     for attr, value in (("_run_id", 1), ("_node_id", 0), ("_task_id", 1)):
         monkeypatch.setattr(TaskIdentity, attr, value)
-    monkeypatch.setattr(flower_client_module, "_CACHE", {text: flower_client_module._Worker(cfg, model, clients)})
+    worker = flower_client_module._Worker(cfg, model, dict(enumerate(clients)))
+    monkeypatch.setattr(flower_client_module, "_CACHE", {text: worker})
     return cfg, text, model, clients, get_algorithm("fedavg").client_app
 
 
@@ -237,20 +273,22 @@ def test_flower_grid_failures_timeouts_and_waves(in_process: Any) -> None:
     msgs = [
         (0, Msg("train", state, {"round": 1})),
         (2, Msg("train", state, {})),  # no "round": the FedAvg handler raises KeyError
-        (1, Msg("train", state, {"round": 1})),  # dropped: times out
+        (1, Msg("query.nothere", state)),  # no handler: fails on the server, as in the local runtime
         (0, Msg("evaluate", state, {"round": 1, "limit": 4})),  # second message to client 0: a second wave
-        (2, Msg("query.nothere", state)),  # no handler: fails on the server, as in the local runtime
+        (1, Msg("train", state, {"round": 1})),  # second wave too, and dropped: times out
     ]
-    replies = grid.send_and_receive(msgs, round=1, timeout=60)
-    assert [r.client_id for r in replies] == [0, 0, 1, 2, 2]
+    t0 = time.monotonic()
+    replies = grid.send_and_receive(msgs, round=1, timeout=8.0)
+    assert 8.0 <= time.monotonic() - t0 < 30  # the whole call is bounded by the timeout
+    assert [r.client_id for r in replies] == [0, 0, 1, 1, 2]
     assert replies[0].ok and replies[0].msg is not None and replies[0].msg.action == "train"
     assert replies[1].ok and replies[1].msg is not None and "num_examples" in replies[1].msg.metrics
-    assert replies[2].error == "timeout" and replies[2].bytes_up == 0
-    assert replies[3].error is not None and replies[3].error.endswith("KeyError: 'round'")
     with pytest.raises(ValueError) as exc_info:  # what the local runtime reports for the same message
         app.handle(None, Msg("query.nothere"))  # type: ignore[arg-type]
-    assert replies[4].error == f"ValueError: {exc_info.value}"
-    assert len(fake.calls) == 2 and sorted(fake.calls[0]) == [1986, 1993, 2000] and fake.calls[1] == [2000]
+    assert replies[2].error == f"ValueError: {exc_info.value}"
+    assert replies[3].error == "timeout" and replies[3].bytes_up == 0
+    assert replies[4].error is not None and replies[4].error.endswith("KeyError: 'round'")
+    assert len(fake.calls) == 2 and sorted(fake.calls[0]) == [1986, 2000] and sorted(fake.calls[1]) == [1993, 2000]
     # down is counted for every message (as in the local runtime); up only for replies that came back
     wire_bytes = encode_state(dict(state), "none").nbytes
     assert grid.ledger.total("down") == 5 * wire_bytes
@@ -259,6 +297,42 @@ def test_flower_grid_failures_timeouts_and_waves(in_process: Any) -> None:
     assert "fedpeft_state_tensors" not in fake.contexts[1986].state  # client 2 never succeeded
     with pytest.raises(ValueError, match="client id 5"):
         grid.send_and_receive([(5, Msg("train", state, {}))], round=1)
+
+
+@pytest.mark.slow
+def test_flower_grid_dynamic_nodes_leave_and_rejoin(in_process: Any) -> None:
+    """Deployment mode: an offline node's client fails at once (no wait), a restarted node is greeted again and
+    gets back its client state from the last checkpoint, and only its own."""
+    cfg, text, model, _, _ = in_process
+    from fedpeft.adapters import adapter_state
+
+    fake = InProcessGrid(3)
+    grid = FlowerGrid(fake, cfg, text, dynamic_nodes=True, poll_interval=0.01)  # type: ignore[arg-type]
+    state = adapter_state(model)
+    train = lambda rnd: [(c, Msg("train", state, {"round": rnd})) for c in range(3)]  # noqa: E731
+    assert all(r.ok for r in grid.send_and_receive(train(1), round=1))
+    saved = grid.state_dict()  # the checkpoint: every client has error-feedback residuals (top-k uplink)
+    assert all(any(k.startswith("ef/") for k in saved["states"][c]) for c in range(3))
+
+    fake.offline.add(1993)  # client 1's node dies
+    t0 = time.monotonic()
+    replies = grid.send_and_receive(train(2), round=2, timeout=30)
+    assert time.monotonic() - t0 < 10  # not the 30 s timeout: the node is known offline
+    assert [r.ok for r in replies] == [True, False, True]
+    assert replies[1].error == "client 1: its node 1993 is offline" and replies[1].bytes_up == 0
+    during = grid.state_dict()  # a checkpoint while it is away keeps its last saved state
+    for k, v in saved["states"][1].items():
+        assert torch.equal(during["states"][1][k], v)
+
+    fake.restart(1993)  # it comes back with an empty context.state
+    fake.received.clear()
+    assert all(r.ok for r in grid.send_and_receive(train(3), round=3))
+    to_node = [t for node, t in fake.received if node == 1993]
+    assert to_node == ["query.fedpeft_hello", "query.fedpeft_state_set", "train"]  # greeted, restored, trained
+    assert all(node == 1993 for node, t in fake.received if t != "train")  # the others got nothing extra
+    restored = grid.state_dict()["states"][1]
+    assert restored.keys() == saved["states"][1].keys()
+    assert not torch.equal(restored["ef/" + next(iter(state))], saved["states"][0]["ef/" + next(iter(state))])
 
 
 # ------------------------------------------------------------------------------------------------- acceptance

@@ -254,6 +254,7 @@ class Algorithm(abc.ABC):
         self.server = server
         self.history: list[dict[str, Any]] = []  # global eval per evaluated round (round 0 = before training)
         self.replied: list[int] = []  # clients whose last collect() reply came back without error
+        self.failures: list[int] = []  # clients that failed (error, timeout, offline) in the current round
 
     # ------------------------------------------------------------------ hooks
     @classmethod
@@ -323,7 +324,7 @@ class Algorithm(abc.ABC):
         accepted: list[Accepted] = []
         for r in replies:
             if not r.ok:
-                self.server.log("failure", round=rnd, client=r.client_id, reason=str(r.error)[-500:])
+                self.log_failure(rnd, r)
                 continue
             assert r.msg is not None
             try:
@@ -349,6 +350,11 @@ class Algorithm(abc.ABC):
             accepted.append(Accepted(r.client_id, dict(r.msg.arrays), int(num), m))
         return accepted
 
+    def log_failure(self, rnd: int, reply: Reply) -> None:
+        """Log a client's failed reply (``failure`` event) and count it in the round's ``failures``."""
+        self.server.log("failure", round=rnd, client=reply.client_id, reason=str(reply.error)[-500:])
+        self.failures.append(reply.client_id)
+
     def client_eval_messages(self, rnd: int, clients: Sequence[int]) -> list[tuple[int, Msg]]:
         """What :meth:`evaluate_clients` sends: the global adapter with the ``evaluate`` action."""
         global_state = self.global_state()
@@ -364,7 +370,7 @@ class Algorithm(abc.ABC):
             if r.ok and r.msg is not None:
                 self.server.log("client_eval", round=rnd, client=r.client_id, **r.msg.metrics)
             else:
-                self.server.log("failure", round=rnd, client=r.client_id, reason=str(r.error)[-500:])
+                self.log_failure(rnd, r)
 
     def _evaluate(self, rnd: int) -> dict[str, float]:
         metrics = self.global_metrics(rnd)
@@ -381,6 +387,7 @@ class Algorithm(abc.ABC):
             self._evaluate(0)
         for rnd in range(start_round, fed.rounds + 1):
             t0 = time.perf_counter()
+            self.failures = []
             before = self.global_state()
             info = self.fit_round(rnd, grid)
             after = self.global_state()
@@ -391,6 +398,7 @@ class Algorithm(abc.ABC):
                 info["eval"] = self._evaluate(rnd)
             if fed.client_eval_every and (rnd % fed.client_eval_every == 0 or rnd == fed.rounds):
                 self.evaluate_clients(rnd, grid)
+            info["failures"] = len(self.failures)
             info["bytes_up"] = grid.ledger.per_round("up").get(rnd, 0)
             info["bytes_down"] = grid.ledger.per_round("down").get(rnd, 0)
             info["seconds"] = round(time.perf_counter() - t0, 3)

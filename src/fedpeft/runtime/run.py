@@ -138,7 +138,10 @@ def _runtimes() -> dict[str, RuntimeFn]:
         from fedpeft.runtime.flower import run_flower_sim
 
         table["flower-sim"] = run_flower_sim
-    except ImportError:  # flwr not installed: the runtime is simply unavailable, and says so when asked for
+        from fedpeft.runtime.deploy.runtime import run_deploy
+
+        table["deploy"] = run_deploy
+    except ImportError:  # flwr not installed: the runtimes are simply unavailable, and say so when asked for
         pass
     return table
 
@@ -157,7 +160,7 @@ def run_federated(
     cfg:
         The job; ignored when resuming (the run's saved ``config.toml`` is used so it continues as it started).
     runtime:
-        ``local`` or ``flower-sim``; overrides ``federation.runtime``.
+        ``local``, ``flower-sim`` or ``deploy``; overrides ``federation.runtime``.
     resume:
         A run directory whose last checkpoint to continue from.
     quiet:
@@ -177,7 +180,8 @@ def run_federated(
         cfg = dataclasses.replace(cfg, federation=dataclasses.replace(cfg.federation, runtime=runtime))
     table = _runtimes()
     if cfg.federation.runtime not in table:
-        raise ConfigError("runtime", cfg.federation.runtime, sorted(table) or "install fedpeft[flower] for flower-sim")
+        allowed = sorted(table) if len(table) > 1 else "local; install fedpeft[flower] for flower-sim and deploy"
+        raise ConfigError("runtime", cfg.federation.runtime, allowed)
     if checkpoint is None:
         run = RunDir.create(cfg.output_dir, cfg.name)
         run.save_config(cfg)

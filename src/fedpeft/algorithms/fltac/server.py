@@ -84,7 +84,7 @@ class FLTAC(Algorithm):
         msgs = [(c, Msg("query.fltac", self.initial, config)) for c in clients]
         for r in grid.send_and_receive(msgs, round=rnd, timeout=self.cfg.federation.timeout):
             if not r.ok or r.msg is None:
-                self.server.log("failure", round=rnd, client=r.client_id, reason=str(r.error)[-500:])
+                self.log_failure(rnd, r)
                 continue
             m = r.msg.metrics
             n = int(m.get("num_slots", 0))

@@ -81,12 +81,25 @@ app = FlowerClientApp()
 
 @dataclass
 class _Worker:
-    """What one worker process builds once per run: the config, the model (adapter attached) and all clients' data."""
+    """What one worker process builds once per run: the config, the model (adapter attached) and the clients' data
+    (every client's in simulation, where a Ray worker serves any node; only its own on a deployment node)."""
 
     cfg: RunConfig
     model: torch.nn.Module
-    clients: list[ClientData]
+    clients: dict[int, ClientData]
 
+
+@dataclass
+class ProcessRole:
+    """How this process serves nodes. Simulation (the default): any partition, one thread per Ray actor.
+    A deployment node worker (:mod:`fedpeft.runtime.deploy.worker`) serves exactly one partition, keeps only that
+    partition's data after building it, and refuses messages addressed to any other partition."""
+
+    partition: int | None = None
+    threads: int = 1
+
+
+ROLE = ProcessRole()
 
 # One entry at most: a worker serves one run; a different config text means a new run, so the old one is dropped.
 _CACHE: dict[str, _Worker] = {}
@@ -97,18 +110,24 @@ def _worker(config_text: str) -> _Worker:
     if hit is not None:
         return hit
     _CACHE.clear()
-    # Each actor is given one CPU (client_resources.num_cpus=1); more threads would oversubscribe the machine.
-    # Set here, not at import, because the driver imports this module too and must keep its own thread count.
-    torch.set_num_threads(1)
+    # In simulation each actor is given one CPU (client_resources.num_cpus=1); more threads would oversubscribe the
+    # machine. Set here, not at import, because the driver imports this module too and must keep its thread count.
+    torch.set_num_threads(ROLE.threads)
     cfg = from_dict(RunConfig, tomllib.loads(config_text))
     model, tokenizer = build_model(cfg)
     data = build_federated_data(cfg, tokenizer)
-    worker = _CACHE[config_text] = _Worker(cfg, model, data.clients)
+    keep = range(len(data.clients)) if ROLE.partition is None else [ROLE.partition]
+    if ROLE.partition is not None and ROLE.partition >= len(data.clients):
+        raise ValueError(f"this node serves partition {ROLE.partition}, but the run has {len(data.clients)} clients")
+    worker = _CACHE[config_text] = _Worker(cfg, model, {cid: data.clients[cid] for cid in keep})
     return worker
 
 
 def _partition_id(context: Context) -> int:
-    return int(context.node_config["partition-id"])
+    cid = int(context.node_config["partition-id"])
+    if ROLE.partition is not None and cid != ROLE.partition:
+        raise ValueError(f"message for partition {cid} reached the worker of partition {ROLE.partition}")
+    return cid
 
 
 def _load_state(context: Context) -> dict[str, Any]:

@@ -71,6 +71,13 @@ class FlowerGrid:
         builds each worker's model and data).
     control_timeout : float
         Seconds to wait for the client-state queries of checkpoints and resume.
+    dynamic_nodes : bool
+        Deployment mode: nodes may die and come back. Before each exchange the online nodes are listed; a client
+        whose node is offline fails at once (logged like any failure), and a node that is new or was re-activated
+        since it was last seen is greeted again (its partition id learnt, its worker warmed up) and given back its
+        client state from the last checkpoint. Off in simulation, where nodes never leave.
+    poll_interval : float
+        Seconds between two pulls for replies (Flower's own ``send_and_receive`` sleeps 3 s between pulls).
 
     Raises
     ------
@@ -87,9 +94,15 @@ class FlowerGrid:
         *,
         connect_timeout: float = 600.0,
         control_timeout: float = 600.0,
+        dynamic_nodes: bool = False,
+        poll_interval: float = 0.1,
     ) -> None:
         self.grid, self.cfg, self.config_text = grid, cfg, config_text
-        self.control_timeout = control_timeout
+        self.control_timeout, self.dynamic_nodes, self.poll_interval = control_timeout, dynamic_nodes, poll_interval
+        # node id -> its last activation time (dynamic mode), to notice a node that restarted since we greeted it
+        self._activated: dict[int, str] = {}
+        self._online: set[int] = set()
+        self._saved_states: dict[int, dict[str, Any]] = {}  # client states of the last checkpoint, for rejoins
         self.ledger = ByteLedger()
         self.num_clients = cfg.federation.num_clients
         self.client_app = get_algorithm(cfg.federation.algorithm).client_app
@@ -106,31 +119,81 @@ class FlowerGrid:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"only {len(node_ids)} of {self.num_clients} Flower nodes registered in {timeout}s")
             time.sleep(0.05)
-        header = RecordDict({HEADER: ConfigRecord({CONFIG_KEY: self.config_text})})
-        replies = self._exchange(
-            [self._message(node, HELLO, header, 0) for node in node_ids], max(1.0, deadline - time.monotonic())
-        )
-        mapping: dict[int, int] = {}
-        for node in node_ids:
-            reply = replies.get(node)
-            if reply is None:
-                raise RuntimeError(f"Flower node {node} did not answer the hello query within {timeout}s")
-            if reply.has_error():
-                raise RuntimeError(f"Flower node {node} failed to start: {_error_text(reply)}")
-            mapping[int(read_header(reply.content, PARTITION_KEY))] = node
+        if self.dynamic_nodes:
+            self._online = set(node_ids)
+            self._activated = {n.node_id: str(n.last_activated_at) for n in self.grid.get_nodes()}
+        mapping, failed = self._hello(node_ids, max(1.0, deadline - time.monotonic()))
+        if failed:
+            node, why = next(iter(failed.items()))
+            raise RuntimeError(f"Flower node {node} failed to start: {why}")
         if sorted(mapping) != list(range(self.num_clients)):
             raise RuntimeError(f"Flower partition ids {sorted(mapping)} are not 0..{self.num_clients - 1}")
         return mapping
 
-    def _message(self, node: int, action: str, content: RecordDict, rnd: int) -> Message:
-        return Message(content, dst_node_id=node, message_type=action, group_id=str(rnd))
+    def _hello(self, node_ids: Sequence[int], timeout: float) -> tuple[dict[int, int], dict[int, str]]:
+        """Greet nodes: ({partition id: node id} of those that answered, {node id: why} of those that did not)."""
+        header = RecordDict({HEADER: ConfigRecord({CONFIG_KEY: self.config_text})})
+        replies = self._exchange([self._message(node, HELLO, header, 0, timeout) for node in node_ids], timeout)
+        mapping: dict[int, int] = {}
+        failed: dict[int, str] = {}
+        for node in node_ids:
+            reply = replies.get(node)
+            if reply is None:
+                failed[node] = f"no answer to the hello query within {timeout:.0f}s"
+            elif reply.has_error():
+                failed[node] = _error_text(reply)
+            else:
+                mapping[int(read_header(reply.content, PARTITION_KEY))] = node
+        return mapping, failed
+
+    def _message(self, node: int, action: str, content: RecordDict, rnd: int, ttl: float | None = None) -> Message:
+        # A ttl makes an undeliverable message (its node died) end with an error instead of waiting in the SuperLink.
+        life = None if ttl is None else max(1.0, float(ttl))
+        return Message(content, dst_node_id=node, message_type=action, group_id=str(rnd), ttl=life)
 
     def _exchange(self, messages: list[Message], timeout: float | None) -> dict[int, Message]:
-        """Send messages (at most one per node) and return the replies that came in time, by source node id."""
+        """Send messages (at most one per node) and return the replies that came in time, by destination node id.
+
+        Pushes once, then pulls every ``poll_interval`` seconds until every message has a reply (or an error reply
+        from Flower, e.g. the node went offline) or ``timeout`` has passed.
+        """
         if not messages:
             return {}
-        replies: Iterable[Message] = self.grid.send_and_receive(messages, timeout=timeout)
-        return {r.metadata.src_node_id: r for r in replies}
+        nodes = [m.metadata.dst_node_id for m in messages]
+        ids = list(self.grid.push_messages(messages))
+        pending = {mid: node for mid, node in zip(ids, nodes, strict=True) if mid}
+        deadline = None if timeout is None else time.monotonic() + timeout
+        got: dict[int, Message] = {}
+        while pending:
+            for reply in self.grid.pull_messages(list(pending)):
+                node = pending.pop(reply.metadata.reply_to_message_id, None)
+                if node is not None:
+                    got[node] = reply
+            if not pending or (deadline is not None and time.monotonic() >= deadline):
+                break
+            time.sleep(self.poll_interval)
+        return got
+
+    def _refresh_nodes(self) -> None:
+        """Dynamic mode: learn which nodes are online, greet the new or restarted ones and restore their state."""
+        infos = {n.node_id: str(n.last_activated_at) for n in self.grid.get_nodes()}
+        self._online = set(infos)
+        fresh = [node for node, at in infos.items() if self._activated.get(node) != at]
+        if not fresh:
+            return
+        mapping, _ = self._hello(fresh, self.control_timeout)  # a node that fails now is greeted again next time
+        for cid, node in mapping.items():
+            if not 0 <= cid < self.num_clients:
+                continue
+            self.nodes[cid] = node
+            saved = self._saved_states.get(cid)
+            if saved:  # the node lost its context.state with its process: give back the last checkpointed one
+                try:
+                    self._set_states({cid: saved})
+                except RuntimeError:  # not ready after all: treat it as offline and greet it again next time
+                    self._online.discard(node)
+                    continue
+            self._activated[node] = infos[node]
 
     def _check_ids(self, ids: Iterable[int]) -> None:
         for cid in ids:
@@ -169,6 +232,8 @@ class FlowerGrid:
 
         deadline = None if timeout is None else time.monotonic() + timeout
         results: dict[int, Message | str | None] = {}
+        if self.dynamic_nodes:
+            self._refresh_nodes()
         for wave_items in waves:
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
@@ -185,11 +250,14 @@ class FlowerGrid:
                         f"it handles {self.client_app.actions}"
                     )
                     continue
+                if self.dynamic_nodes and self.nodes[cid] not in self._online:
+                    results[pos] = f"client {cid}: its node {self.nodes[cid]} is offline"
+                    continue
                 wire, record = encoded[id(msg.arrays)]
                 content = packet_to_records(
                     Packet(msg.action, wire, dict(msg.config)), extra={CONFIG_KEY: self.config_text}, arrays=record
                 )
-                out.append(self._message(self.nodes[cid], msg.action, content, round))
+                out.append(self._message(self.nodes[cid], msg.action, content, round, left))
             got = self._exchange(out, left)
             for pos, cid in wave_items:
                 if pos not in results:
@@ -234,16 +302,28 @@ class FlowerGrid:
         """
         states: dict[int, dict[str, Any]] = {cid: {} for cid in self.client_ids()}
         asked = sorted(self._stateful)
+        if self.dynamic_nodes:
+            self._refresh_nodes()
+            for cid in [c for c in asked if self.nodes[c] not in self._online]:
+                asked.remove(cid)
+                states[cid] = dict(self._saved_states.get(cid, {}))
         empty = RecordDict()
-        got = self._exchange([self._message(self.nodes[c], STATE_GET, empty, 0) for c in asked], self.control_timeout)
+        ttl = self.control_timeout
+        got = self._exchange([self._message(self.nodes[c], STATE_GET, empty, 0, ttl) for c in asked], ttl)
         for cid in asked:
             reply = got.get(self.nodes[cid])
+            if (reply is None or reply.has_error()) and self.dynamic_nodes:
+                # The node is gone (it failed this round, or died since): its state is what it was at the last
+                # checkpoint, which is also what it gets back when it rejoins.
+                states[cid] = dict(self._saved_states.get(cid, {}))
+                continue
             if reply is None or reply.has_error():
                 why = "no reply" if reply is None else _error_text(reply)
                 raise RuntimeError(f"could not read the state of client {cid} for the checkpoint: {why}")
             states[cid] = records_to_state(
                 reply.content.array_records[STATE_TENSORS], reply.content.config_records[STATE_SCALARS]
             )
+        self._saved_states = {cid: dict(s) for cid, s in states.items() if s}
         return {"states": states, "ledger": self.ledger.to_records()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -259,15 +339,20 @@ class FlowerGrid:
         saved = {int(k): dict(v) for k, v in state["states"].items()}
         self._check_ids(saved)
         todo = {cid: s for cid, s in saved.items() if s}
+        self._saved_states = todo
+        self._set_states(todo)
+        self._stateful = set(todo)
+
+    def _set_states(self, states: dict[int, dict[str, Any]]) -> None:
+        """Replace the client state on each named client's node (STATE_SET); raise if a node does not take it."""
         out = []
-        for cid, client_state in sorted(todo.items()):
+        for cid, client_state in sorted(states.items()):
             tensors, scalars = state_to_records(client_state)
             content = RecordDict({STATE_TENSORS: tensors, STATE_SCALARS: scalars})
-            out.append(self._message(self.nodes[cid], STATE_SET, content, 0))
+            out.append(self._message(self.nodes[cid], STATE_SET, content, 0, self.control_timeout))
         got = self._exchange(out, self.control_timeout)
-        for cid in todo:
+        for cid in states:
             reply = got.get(self.nodes[cid])
             if reply is None or reply.has_error():
                 why = "no reply" if reply is None else _error_text(reply)
                 raise RuntimeError(f"could not restore the state of client {cid}: {why}")
-        self._stateful = set(todo)

@@ -1,0 +1,469 @@
+"""Processes of a Flower deployment: commands, the Flower app folder, and a supervised loopback cluster.
+
+The building blocks (commands for ``flower-superlink``, ``flower-supernode`` and the fedpeft node worker, the
+``$FLWR_HOME/config.toml``, the app folder, node registration, ``flwr run``) serve both the one-machine
+:class:`LocalCluster` behind the ``deploy`` runtime and the separate-machine commands of ``fedpeft deploy``.
+
+Every process is started in its own session (process group) and recorded in ``pids.json``; stopping sends SIGTERM
+to the SuperNodes and workers, then to the SuperLink, and SIGKILLs whatever of their process trees (SuperExec,
+ServerApp, ClientApp processes) is still alive after a grace period, so nothing outlives the cluster.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from fedpeft.errors import FedPeftError
+from fedpeft.fileio import atomic_write_text
+from fedpeft.runtime.deploy.certs import CertPaths
+
+__all__ = ["DeploymentError", "LocalCluster", "flower_env", "write_app", "write_flwr_home"]
+
+CONNECTION = "fedpeft"  # the SuperLink connection's name in $FLWR_HOME/config.toml
+APP_NAME = "fedpeft-deploy"
+#: seconds between restart attempts of a dead node (after a SIGKILL the SuperLink refuses the node for up to 60 s)
+RESTART_EVERY = 5.0
+SHIMS = {"fedpeft_client_shim.py": "shim_client.py", "fedpeft_server_shim.py": "shim_server.py"}
+
+
+class DeploymentError(FedPeftError):
+    """A deployment process failed, or the Flower run ended without fedpeft's server program finishing."""
+
+
+def _bin(name: str) -> str:
+    """A console script of this Python environment (Flower's commands are installed next to the interpreter)."""
+    path = Path(sys.executable).parent / name
+    if not path.is_file():
+        raise DeploymentError(f"{path} not found: install fedpeft[flower] in this environment ({sys.executable})")
+    return str(path)
+
+
+def flower_env(flwr_home: Path) -> dict[str, str]:
+    """Environment for every Flower process: our venv first on PATH (Flower starts flower-superexec,
+    flwr-serverapp and flwr-clientapp by bare name), a private FLWR_HOME, no telemetry, no update check, no
+    runtime dependency installation, and a fast SuperExec task poll."""
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.update(
+        FLWR_HOME=str(flwr_home),
+        FLWR_TELEMETRY_ENABLED="0",
+        FLWR_DISABLE_UPDATE_CHECK="1",
+        FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
+        FLWR_SUPEREXEC_TASK_POLL_INTERVAL="0.05",
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def write_flwr_home(flwr_home: Path, address: str, ca: Path | None) -> None:
+    """``$FLWR_HOME/config.toml`` naming the SuperLink connection ``fedpeft`` (TLS with ``ca``, or insecure)."""
+    conn: dict[str, Any] = {"address": address}
+    if ca is None:
+        conn["insecure"] = True
+    else:
+        conn["root-certificates"] = str(ca.resolve())
+    atomic_write_text(
+        flwr_home / "config.toml", tomli_w.dumps({"superlink": {"default": CONNECTION, CONNECTION: conn}})
+    )
+
+
+def write_app(folder: Path) -> Path:
+    """The Flower app folder ``flwr run`` packages: a pyproject naming the two shims, and the shims themselves.
+
+    It holds no fedpeft code beyond the shims; the ServerApp and the node workers import the installed fedpeft.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    here = Path(__file__).parent
+    for target, source in SHIMS.items():
+        atomic_write_text(folder / target, (here / source).read_text(encoding="utf-8"))
+    from fedpeft import __version__
+
+    pyproject = {
+        "build-system": {"requires": ["hatchling"], "build-backend": "hatchling.build"},
+        "project": {
+            "name": APP_NAME,
+            "version": __version__,
+            "description": "fedpeft on Flower's deployment engine",
+            "license": "Apache-2.0",
+            "dependencies": [],
+        },
+        "tool": {
+            "flwr": {
+                "app": {
+                    "publisher": "fedpeft",
+                    "components": {
+                        "serverapp": "fedpeft_server_shim:app",
+                        "clientapp": "fedpeft_client_shim:app",
+                    },
+                    "config": {"run-dir": "", "resume": False},
+                }
+            }
+        },
+    }
+    atomic_write_text(folder / "pyproject.toml", tomli_w.dumps(pyproject))
+    return folder
+
+
+def superlink_command(port: int, certs: CertPaths | None, host: str = "127.0.0.1") -> list[str]:
+    cmd = [_bin("flower-superlink"), "--host", host, "--port", str(port), "--disable-runtime-dependency-installation"]
+    if certs is None:
+        return [*cmd, "--insecure"]
+    tls = ["--ssl-ca-certfile", str(certs.ca), "--ssl-certfile", str(certs.server_cert)]
+    return [*cmd, *tls, "--ssl-keyfile", str(certs.server_key), "--enable-supernode-auth"]
+
+
+def supernode_command(
+    superlink: str, partition: int, num_partitions: int, port: int, worker_socket: Path, certs: CertPaths | None
+) -> list[str]:
+    node_config = f'partition-id={partition} num-partitions={num_partitions} worker-socket="{worker_socket}"'
+    cmd = [_bin("flower-supernode"), "--superlink", superlink, "--host", "127.0.0.1", "--port", str(port)]
+    cmd += ["--node-config", node_config]
+    if certs is None:
+        return [*cmd, "--insecure"]
+    return [*cmd, "--root-certificates", str(certs.ca), "--auth-supernode-private-key", str(certs.node_key(partition))]
+
+
+def worker_command(partition: int, worker_socket: Path, threads: int, message_log: Path) -> list[str]:
+    return [
+        sys.executable, "-m", "fedpeft.runtime.deploy.worker", "--socket", str(worker_socket),
+        "--partition-id", str(partition), "--threads", str(threads), "--message-log", str(message_log),
+    ]  # fmt: skip
+
+
+def flwr_cli(args: list[str], env: dict[str, str], timeout: float = 120.0) -> dict[str, Any]:
+    """Run a ``flwr`` CLI command with ``--format json`` and return its JSON answer (raise on failure)."""
+    proc = subprocess.run(
+        [_bin("flwr"), *args, "--format", "json"], env=env, capture_output=True, text=True, timeout=timeout
+    )
+    out = proc.stdout
+    try:  # one (pretty-printed) JSON object, possibly after other output
+        answer: dict[str, Any] = json.loads(out[out.index("{") :]) if "{" in out else {}
+    except json.JSONDecodeError:
+        answer = {}
+    if proc.returncode != 0 or not answer.get("success", False):
+        detail = answer.get("error-message") or proc.stderr.strip()[-800:] or proc.stdout.strip()[-800:]
+        raise DeploymentError(f"`flwr {' '.join(args)}` failed: {detail}")
+    return answer
+
+
+def register_node(pub: Path, partition: int, env: dict[str, str]) -> int:
+    """Register SuperNode ``partition``'s public key with the SuperLink (authentication on); returns its node id."""
+    answer = flwr_cli(["supernode", "register", str(pub), CONNECTION, "--name", f"partition-{partition}"], env)
+    return int(answer["node-id"])
+
+
+def submit_run(app_dir: Path, run_path: Path, resume: bool, env: dict[str, str]) -> int:
+    """``flwr run`` the fedpeft app for the run directory ``run_path``; returns Flower's run id."""
+    override = run_path / "deploy" / "run_config.toml"
+    atomic_write_text(override, tomli_w.dumps({"run-dir": str(run_path.resolve()), "resume": resume}))
+    answer = flwr_cli(["run", str(app_dir), CONNECTION, "--run-config", str(override)], env)
+    return int(answer["run-id"])
+
+
+def run_status(run_id: int, env: dict[str, str]) -> str:
+    """Flower's status of a run: ``running``, ``finished:completed``, ``finished:failed``, ..."""
+    answer = flwr_cli(["ls", CONNECTION, "--run-id", str(run_id)], env)
+    runs = answer.get("runs", [])
+    return str(runs[0].get("status", "unknown")) if runs else "unknown"
+
+
+def wait_healthy(port: int, ca: Path | None, timeout: float, proc: subprocess.Popen[bytes], log: Path) -> None:
+    """Poll the SuperLink's ``/health`` until it answers (TLS verified against ``ca``)."""
+    scheme = "http" if ca is None else "https"
+    ctx = None if ca is None else ssl.create_default_context(cafile=str(ca))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise DeploymentError(f"the SuperLink exited with code {proc.returncode}; log:\n{_tail(log)}")
+        try:
+            with urllib.request.urlopen(f"{scheme}://127.0.0.1:{port}/health", timeout=2, context=ctx) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise DeploymentError(f"the SuperLink did not become healthy in {timeout:.0f}s; log:\n{_tail(log)}")
+
+
+def _tail(path: Path, n: int = 3000) -> str:
+    try:
+        return path.read_text(encoding="utf-8", errors="replace")[-n:]
+    except OSError:
+        return "(no log)"
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live descendant of ``pid`` (Linux /proc; empty elsewhere)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            stat = (entry / "stat").read_text()
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+@dataclass
+class _Proc:
+    name: str
+    cmd: list[str]
+    log: Path
+    popen: subprocess.Popen[bytes] | None = None
+    tree: set[int] = field(default_factory=set)  # every descendant pid ever seen, to kill leftovers at the end
+
+    def start(self, env: dict[str, str]) -> None:
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        with self.log.open("ab") as out:
+            out.write(f"\n--- {time.strftime('%H:%M:%S')} start: {' '.join(self.cmd)}\n".encode())
+            out.flush()
+            self.popen = subprocess.Popen(
+                self.cmd, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )  # fmt: skip
+
+    @property
+    def pid(self) -> int | None:
+        return None if self.popen is None else self.popen.pid
+
+    def alive(self) -> bool:
+        # poll() also reaps an exited child: a zombie parent would keep Flower's parent monitors from firing.
+        return self.popen is not None and self.popen.poll() is None
+
+    def remember_tree(self) -> None:
+        if self.pid is not None and self.alive():
+            self.tree.update(descendants(self.pid))
+
+    def signal(self, sig: int) -> None:
+        if self.alive():
+            assert self.popen is not None
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.popen.pid, sig)
+
+
+def _kill_pids(pids: set[int]) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+
+
+class LocalCluster:
+    """A SuperLink and one SuperNode (plus its fedpeft worker) per client, all on this machine (loopback).
+
+    Parameters
+    ----------
+    workdir : Path
+        Folder for certificates (unless ``certs`` is given), the Flower app, FLWR_HOME, logs and ``pids.json``.
+    num_nodes : int
+        SuperNodes to start; node ``i`` serves partition ``i``.
+    insecure : bool
+        Plain HTTP and no SuperNode authentication (TLS and authentication are on otherwise).
+    certs : Path, optional
+        A folder made by ``fedpeft deploy certs``; generated inside ``workdir`` when omitted.
+    port : int
+        The SuperLink's port (0 = a free one).
+    node_threads : int
+        torch threads of each node worker.
+    """
+
+    def __init__(
+        self,
+        workdir: Path,
+        num_nodes: int,
+        *,
+        insecure: bool = False,
+        certs: Path | None = None,
+        port: int = 0,
+        node_threads: int = 1,
+    ) -> None:
+        self.workdir = workdir.resolve()
+        self.num_nodes, self.insecure, self.node_threads = num_nodes, insecure, node_threads
+        self.port = port or free_port()
+        self.certs: CertPaths | None = None
+        if not insecure:
+            from fedpeft.runtime.deploy.certs import generate
+
+            if certs is None:
+                self.certs = generate(self.workdir / "certs", num_nodes)
+            else:
+                self.certs = CertPaths(Path(certs).resolve())
+                self.certs.check(num_nodes)
+        self.flwr_home = self.workdir / "flwr_home"
+        self.env = flower_env(self.flwr_home)
+        self.logs = self.workdir / "logs"
+        # Unix socket paths are limited to ~107 bytes, so the sockets live in a short private folder instead.
+        self.socket_dir = Path(tempfile.mkdtemp(prefix="fpd-", dir="/tmp"))
+        self.superlink = _Proc("superlink", superlink_command(self.port, self.certs), self.logs / "superlink.log")
+        self.workers: list[_Proc] = []
+        self.supernodes: list[_Proc] = []
+        for i in range(num_nodes):
+            sock = self.socket_dir / f"node-{i}.sock"
+            self.workers.append(
+                _Proc(
+                    f"worker-{i}",
+                    worker_command(i, sock, node_threads, self.logs / f"messages-{i}.jsonl"),
+                    self.logs / f"worker-{i}.log",
+                )
+            )
+            node_port = free_port()
+            cmd = supernode_command(f"127.0.0.1:{self.port}", i, num_nodes, node_port, sock, self.certs)
+            self.supernodes.append(_Proc(f"supernode-{i}", cmd, self.logs / f"supernode-{i}.log"))
+        self.restarts = [0] * num_nodes
+        self._down_since: list[float | None] = [None] * num_nodes
+
+    # ------------------------------------------------------------------ start / stop
+    def start(self, timeout: float = 120.0) -> None:
+        """Start the SuperLink, register the node keys, start every node; return once all are up."""
+        write_flwr_home(self.flwr_home, f"127.0.0.1:{self.port}", None if self.certs is None else self.certs.ca)
+        self.app_dir = write_app(self.workdir / "app")
+        self.superlink.start(self.env)
+        self._save_pids()
+        wait_healthy(self.port, None if self.certs is None else self.certs.ca, timeout, self._popen(self.superlink),
+                     self.superlink.log)  # fmt: skip
+        if self.certs is not None:
+            for i in range(self.num_nodes):
+                register_node(self.certs.node_pub(i), i, self.env)
+        for i in range(self.num_nodes):
+            self.workers[i].start(self.env)
+        for i in range(self.num_nodes):
+            self._wait_worker(i, timeout)
+            self.supernodes[i].start(self.env)
+        self._save_pids()
+
+    def _popen(self, proc: _Proc) -> subprocess.Popen[bytes]:
+        assert proc.popen is not None
+        return proc.popen
+
+    def _wait_worker(self, i: int, timeout: float) -> None:
+        sock = self.socket_dir / f"node-{i}.sock"
+        deadline = time.monotonic() + timeout
+        while not sock.exists():
+            if not self.workers[i].alive():
+                raise DeploymentError(f"node worker {i} exited; log:\n{_tail(self.workers[i].log)}")
+            if time.monotonic() > deadline:
+                raise DeploymentError(f"node worker {i} did not start in {timeout:.0f}s")
+            time.sleep(0.1)
+
+    def all_procs(self) -> list[_Proc]:
+        return [*self.supernodes, *self.workers, self.superlink]
+
+    def stop(self, grace: float = 10.0) -> None:
+        """SIGTERM nodes then the SuperLink; SIGKILL every process of their trees still alive after ``grace``."""
+        for proc in self.all_procs():
+            proc.remember_tree()
+        for proc in [*self.supernodes, *self.workers]:
+            proc.signal(signal.SIGTERM)
+        self._wait_exit([*self.supernodes, *self.workers], grace)
+        self.superlink.remember_tree()
+        self.superlink.signal(signal.SIGTERM)
+        self._wait_exit([self.superlink], grace)
+        for proc in self.all_procs():
+            proc.signal(signal.SIGKILL)
+            if proc.popen is not None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.popen.wait(timeout=5)
+        _kill_pids(set().union(*(p.tree for p in self.all_procs())))
+        shutil.rmtree(self.socket_dir, ignore_errors=True)
+
+    @staticmethod
+    def _wait_exit(procs: list[_Proc], grace: float) -> None:
+        deadline = time.monotonic() + grace
+        while any(p.alive() for p in procs) and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+    def __enter__(self) -> LocalCluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _save_pids(self) -> None:
+        pids = {
+            "superlink": self.superlink.pid,
+            "nodes": {
+                str(i): {"supernode": self.supernodes[i].pid, "worker": self.workers[i].pid}
+                for i in range(self.num_nodes)
+            },
+            "socket_dir": str(self.socket_dir),
+        }
+        atomic_write_text(self.workdir / "pids.json", json.dumps(pids, indent=2) + "\n")
+
+    # ------------------------------------------------------------------ supervision
+    def check(self, restart_nodes: bool) -> None:
+        """One supervision step: the SuperLink must be alive; a node whose SuperNode or worker died is restarted
+        (worker first, then the SuperNode; a SuperNode refused because its old session has not expired yet, up
+        to a minute after a SIGKILL, is simply started again on a later step)."""
+        for proc in self.all_procs():
+            proc.remember_tree()
+        if not self.superlink.alive():
+            raise DeploymentError(
+                f"the SuperLink exited (code {self._popen(self.superlink).returncode}); "
+                f"log:\n{_tail(self.superlink.log)}"
+            )
+        if not restart_nodes:
+            return
+        now = time.monotonic()
+        for i in range(self.num_nodes):
+            worker, node = self.workers[i], self.supernodes[i]
+            if worker.alive() and node.alive():
+                self._down_since[i] = None
+                continue
+            if self._down_since[i] is None:
+                self._down_since[i] = now
+                if worker.alive() != node.alive():  # half a node: stop the other half, restart both together
+                    (worker if worker.alive() else node).signal(signal.SIGKILL)
+                continue
+            if now - (self._down_since[i] or now) < RESTART_EVERY:
+                continue
+            self._down_since[i] = now
+            if not worker.alive():
+                _kill_pids(worker.tree)
+                (self.socket_dir / f"node-{i}.sock").unlink(missing_ok=True)  # its socket appears when it is ready
+                worker.start(self.env)
+                self._wait_worker(i, 120.0)
+            if not node.alive():
+                _kill_pids(node.tree)
+                node.start(self.env)
+                self.restarts[i] += 1
+            self._save_pids()
+
+    def serverapp_pids(self) -> list[int]:
+        """PIDs of the ServerApp processes the SuperLink is running now."""
+        if self.superlink.pid is None:
+            return []
+        return [p for p in descendants(self.superlink.pid) if "flwr-serverapp" in _cmdline(p)]

@@ -1,0 +1,132 @@
+"""The ``deploy`` runtime: a loopback Flower deployment started, supervised and stopped around one run.
+
+:func:`run_deploy` is what ``fedpeft run --runtime deploy`` (and ``fedpeft deploy run``) calls once the run
+directory exists: it starts a :class:`~fedpeft.runtime.deploy.cluster.LocalCluster` (SuperLink, one SuperNode and
+node worker per client; TLS and SuperNode authentication unless ``deploy.insecure``), submits the fedpeft app with
+``flwr run`` naming the run directory, follows the run's ``metrics.jsonl`` for the progress bar, restarts nodes that
+die (they rejoin later rounds), and stops every process at the end, also on failure or Ctrl-C.
+
+The run is over when the server program has written ``summary.json``. It failed when the server program wrote
+``deploy/server_error.txt``, when its ServerApp process vanished without either, or when the SuperLink died; the
+checkpoint of the last finished round stays, and ``fedpeft run --resume RUN_DIR`` continues from it on a new cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from fedpeft.runtime.deploy.cluster import DeploymentError, LocalCluster, run_status, submit_run
+from fedpeft.runtime.deploy.server import ERROR_FILE
+from fedpeft.runtime.run import Session
+
+__all__ = ["DeploymentError", "run_deploy"]
+
+INSECURE_WARNING = (
+    "fedpeft: WARNING: deploy.insecure = true: the SuperLink and SuperNodes talk plain HTTP without TLS, and "
+    "SuperNodes are not authenticated (any process that reaches the port can join). Use it only for debugging."
+)
+
+
+def _mtime(path: Path) -> float | None:
+    return path.stat().st_mtime_ns if path.is_file() else None
+
+
+class _Progress:
+    """A rounds bar fed by the ``round`` lines the server program appends to ``metrics.jsonl``."""
+
+    def __init__(self, session: Session) -> None:
+        from tqdm.auto import tqdm
+
+        self.path = session.run.path / "metrics.jsonl"
+        self.offset = self.path.stat().st_size if self.path.is_file() else 0
+        rounds = session.cfg.federation.rounds
+        self.bar = tqdm(total=rounds, initial=session.start_round - 1, desc="rounds", unit="round",
+                        disable=session.quiet)  # fmt: skip
+
+    def update(self) -> None:
+        if not self.path.is_file():
+            return
+        with self.path.open("rb") as f:
+            f.seek(self.offset)
+            data = f.read()
+        complete = data[: data.rfind(b"\n") + 1]  # only whole lines; the rest is read next time
+        self.offset += len(complete)
+        for line in complete.decode("utf-8").splitlines():
+            event: dict[str, Any] = json.loads(line)
+            if event.get("event") == "round":
+                self.bar.update(1)
+                failures = event.get("failures", 0)
+                self.bar.set_postfix({"failures": failures} if failures else {})
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def run_deploy(session: Session) -> None:
+    """Run the session's algorithm on a loopback Flower deployment (the ``deploy`` runtime).
+
+    Raises
+    ------
+    DeploymentError
+        A deployment process failed to start, the SuperLink died, or the server program failed or was killed
+        (the message says so and how to resume).
+    """
+    cfg, run_path = session.cfg, session.run.path
+    dep = cfg.deploy
+    if dep.insecure:
+        print(INSECURE_WARNING, file=sys.stderr, flush=True)
+    summary, error = run_path / "summary.json", run_path / ERROR_FILE
+    summary_before = _mtime(summary)
+    error.unlink(missing_ok=True)
+    certs = Path(dep.certs) if dep.certs else None
+    cluster = LocalCluster(
+        run_path / "deploy",
+        cfg.federation.num_clients,
+        insecure=dep.insecure,
+        certs=certs,
+        port=dep.port,
+        node_threads=dep.node_threads,
+    )
+    progress = _Progress(session)
+    try:
+        cluster.start()
+        run_id = submit_run(cluster.app_dir, run_path, session.resume is not None, cluster.env)
+        seen_server = False
+        last_status = time.monotonic()
+        while True:
+            time.sleep(0.5)
+            progress.update()
+            if _mtime(summary) != summary_before:
+                break
+            if error.is_file():
+                raise DeploymentError(
+                    f"the fedpeft server program failed:\n{error.read_text()[-3000:]}\n"
+                    f"Resume with: fedpeft run --resume {run_path}"
+                )
+            cluster.check(dep.restart_nodes)
+            running = bool(cluster.serverapp_pids())
+            seen_server = seen_server or running
+            # The ServerApp process vanished without a summary or an error file: it was killed.
+            if seen_server and not running and _mtime(summary) == summary_before and not error.is_file():
+                time.sleep(1.0)  # it may have just finished writing
+                if _mtime(summary) == summary_before and not error.is_file():
+                    raise DeploymentError(
+                        f"the ServerApp of Flower run {run_id} died before the run finished; "
+                        f"resume with: fedpeft run --resume {run_path}"
+                    )
+            if time.monotonic() - last_status > 15.0:  # a slow, process-independent check of Flower's view
+                last_status = time.monotonic()
+                status = run_status(run_id, cluster.env)
+                if status.startswith("finished:") and _mtime(summary) == summary_before:
+                    time.sleep(1.0)
+                    if _mtime(summary) == summary_before:
+                        raise DeploymentError(f"Flower run {run_id} ended as {status!r} before fedpeft finished; "
+                                              f"resume with: fedpeft run --resume {run_path}")  # fmt: skip
+        progress.update()
+    finally:
+        progress.close()
+        cluster.stop()
