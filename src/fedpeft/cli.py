@@ -116,6 +116,75 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_deploy(args: argparse.Namespace) -> int:
+    """Flower deployment: certificates, a loopback run, or the SuperLink / a SuperNode of a multi-machine one."""
+    if args.deploy_command == "certs":
+        from fedpeft.runtime.deploy.certs import generate
+
+        paths = generate(args.out, args.nodes, hosts=args.host, days=args.days)
+        print(f"CA {paths.ca}, SuperLink certificate {paths.server_cert}, node keys node-0 .. node-{args.nodes - 1}")
+        print(paths.folder)
+        return 0
+    if args.deploy_command == "superlink":
+        from fedpeft.runtime.deploy.commands import serve_superlink
+
+        return serve_superlink(args.workdir, args.certs, args.nodes, args.host, args.port, args.insecure)
+    if args.deploy_command == "node":
+        from fedpeft.runtime.deploy.commands import serve_node
+
+        return serve_node(
+            args.workdir, args.partition_id, args.num_partitions, args.superlink, args.certs,
+            insecure=args.insecure, port=args.port, threads=args.threads,
+        )  # fmt: skip
+    # run / submit: the deploy runtime of `fedpeft run`, with the deploy.* settings from the flags
+    sets = list(args.set or [])
+    if args.insecure:
+        sets.append("deploy.insecure=true")
+    if args.deploy_command == "submit":
+        sets += [f'deploy.superlink="{args.superlink}"']
+        if args.certs is not None:
+            sets.append(f'deploy.certs="{args.certs.resolve()}"')
+    if args.resume is not None and sets:
+        raise ConfigError("--resume", str(args.resume), "a run directory alone (its saved config is used)")
+    args.set, args.runtime = sets, "deploy"
+    return cmd_run(args)
+
+
+def _add_deploy_args(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="deploy_command", required=True)
+    run = sub.add_parser("run", help="start a loopback SuperLink + one SuperNode per client, run a recipe, stop")
+    _add_recipe_args(run)
+    run.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue a killed deployment run")
+    run.add_argument("--insecure", action="store_true", help="no TLS, no node authentication (prints a warning)")
+    submit = sub.add_parser("submit", help="run a recipe on a running SuperLink (run it on the SuperLink's machine)")
+    _add_recipe_args(submit)
+    submit.add_argument("--superlink", required=True, metavar="HOST:PORT")
+    submit.add_argument("--certs", type=Path, help="folder with the deployment's ca.pem")
+    submit.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue a killed deployment run")
+    submit.add_argument("--insecure", action="store_true", help="plain HTTP (the SuperLink runs --insecure)")
+    certs = sub.add_parser("certs", help="generate a CA, the SuperLink certificate and SuperNode keys")
+    certs.add_argument("out", type=Path, metavar="DIR")
+    certs.add_argument("--nodes", type=int, required=True, help="number of SuperNode key pairs")
+    certs.add_argument("--host", action="append", default=[], help="SuperLink name or IP for the certificate")
+    certs.add_argument("--days", type=int, default=365)
+    link = sub.add_parser("superlink", help="run the SuperLink (TLS, node auth) and register the node keys")
+    link.add_argument("--certs", type=Path, help="folder made by `fedpeft deploy certs`")
+    link.add_argument("--nodes", type=int, required=True, help="number of node keys to register")
+    link.add_argument("--host", default="0.0.0.0")
+    link.add_argument("--port", type=int, default=8000)
+    link.add_argument("--workdir", type=Path, default=Path("deploy-superlink"))
+    link.add_argument("--insecure", action="store_true")
+    node = sub.add_parser("node", help="run one SuperNode and its fedpeft worker")
+    node.add_argument("--partition-id", type=int, required=True)
+    node.add_argument("--num-partitions", type=int, required=True)
+    node.add_argument("--superlink", required=True, metavar="HOST:PORT")
+    node.add_argument("--certs", type=Path, help="folder with ca.pem and node-<partition-id>")
+    node.add_argument("--port", type=int, default=9094, help="the SuperNode's local Runtime API port")
+    node.add_argument("--threads", type=int, default=1, help="torch threads of the worker")
+    node.add_argument("--workdir", type=Path, default=Path("deploy-node"))
+    node.add_argument("--insecure", action="store_true")
+
+
 def _add_run_args(p: argparse.ArgumentParser) -> None:
     _add_recipe_args(p)
     from fedpeft.config import RUNTIMES
@@ -149,10 +218,11 @@ COMMANDS: dict[
     str, tuple[Callable[[argparse.Namespace], int], str, Callable[[argparse.ArgumentParser], None] | None]
 ] = {
     "list": (cmd_list, "list registered PEFT methods, models and datasets", None),
-    "run": (cmd_run, "federated fine-tuning of a recipe (local or flower-sim runtime)", _add_run_args),
+    "run": (cmd_run, "federated fine-tuning of a recipe (local, flower-sim or deploy runtime)", _add_run_args),
     "finetune": (cmd_finetune, "centralized PEFT fine-tuning of a recipe", _add_recipe_args),
     "report": (cmd_report, "HTML/PNG report of a run, or a comparison of several", _add_report_args),
     "export": (cmd_export, "export a run's adapter (HF PEFT format) or the merged model", _add_export_args),
+    "deploy": (cmd_deploy, "run on Flower's deployment engine (SuperLink + SuperNodes, TLS, auth)", _add_deploy_args),
 }
 
 

@@ -236,20 +236,28 @@ class DeployConfig:
     engine (see docs/deployment.md). Ignored by the other runtimes.
 
     TLS and SuperNode authentication are on unless ``insecure`` (which prints a warning). ``certs`` is a folder made
-    by ``fedpeft deploy certs``; empty means one is generated inside the run directory. ``port`` 0 picks a free
+    by ``fedpeft deploy certs``; empty means one is generated inside the run directory. ``superlink`` (host:port)
+    submits the run to a SuperLink already running (``fedpeft deploy superlink``) instead of starting a loopback
+    cluster; its CA is then ``certs``/ca.pem. ``port`` 0 picks a free
     port for the SuperLink. ``node_threads`` is each node worker's torch thread count (nodes share this machine).
     A node process that dies is restarted when ``restart_nodes`` (it rejoins later rounds). ``poll_interval`` is
     how often the server pulls replies (Flower's own loop sleeps 3 s). ``connect_timeout`` bounds the wait for
-    every node to come up and build its model.
+    every node to come up and build its model. ``fast_nodes`` makes each node's fedpeft worker the SuperNode's task
+    executor (no process per message) and shortens the SuperNode's idle wait from Flower's 3 s to
+    ``node_idle_poll``; false runs stock Flower nodes (a ``flwr-clientapp`` process per message, forwarding to the
+    worker), the baseline of benchmarks/deploy_overhead.py.
     """
 
     insecure: bool = False
     certs: str = ""
+    superlink: str = ""
     port: int = 0
     node_threads: int = 1
     restart_nodes: bool = True
     poll_interval: float = 0.1
     connect_timeout: float = 600.0
+    fast_nodes: bool = True
+    node_idle_poll: float = 0.25
 
     def __post_init__(self) -> None:
         if isinstance(self.port, bool) or not 0 <= self.port <= 65535:
@@ -258,6 +266,12 @@ class DeployConfig:
             raise ConfigError("deploy.node_threads", self.node_threads, "an integer >= 1")
         if not 0 < self.poll_interval <= 5:
             raise ConfigError("deploy.poll_interval", self.poll_interval, "seconds in (0, 5]")
+        if not 0 < self.node_idle_poll <= 3:
+            raise ConfigError("deploy.node_idle_poll", self.node_idle_poll, "seconds in (0, 3]")
+        if self.superlink and (":" not in self.superlink or not self.superlink.rsplit(":", 1)[1].isdigit()):
+            raise ConfigError("deploy.superlink", self.superlink, "host:port of a running SuperLink, or empty")
+        if self.superlink and not self.insecure and not self.certs:
+            raise ConfigError("deploy.certs", self.certs, "the certs folder with the SuperLink's ca.pem")
         if not self.connect_timeout > 0:
             raise ConfigError("deploy.connect_timeout", self.connect_timeout, "seconds > 0")
 
@@ -278,6 +292,11 @@ class RunConfig(JobConfig):
         super().__post_init__()
         from fedpeft.algorithms import get_algorithm
 
+        if self.federation.runtime == "deploy" and self.deploy.certs:
+            from fedpeft.runtime.deploy.certs import CertPaths
+
+            paths = CertPaths(Path(self.deploy.certs))  # checked before any work starts
+            paths.check(0 if self.deploy.superlink else self.federation.num_clients, server=not self.deploy.superlink)
         algo = get_algorithm(self.federation.algorithm, field="federation.algorithm")
         if isinstance(self.algorithm, dict):
             self.algorithm = from_dict(algo.config_cls, self.algorithm, "algorithm")

@@ -22,7 +22,7 @@ from pathlib import Path
 from fedpeft.errors import ConfigError
 from fedpeft.fileio import atomic_write_bytes
 
-__all__ = ["CertPaths", "generate", "node_key_paths"]
+__all__ = ["CertPaths", "generate", "node_key_pair"]
 
 DEFAULT_HOSTS = ("localhost", "127.0.0.1", "::1")
 
@@ -55,19 +55,15 @@ class CertPaths:
     def node_pub(self, node: int) -> Path:
         return self.folder / f"node-{node}.pub"
 
-    def check(self, nodes: int) -> None:
-        """Raise ConfigError naming the first missing file for a deployment of ``nodes`` SuperNodes."""
-        needed = [self.ca, self.server_cert, self.server_key]
+    def check(self, nodes: int, server: bool = True) -> None:
+        """Raise ConfigError naming the first missing file: the CA, the server's certificate and key (``server``)
+        and ``nodes`` SuperNode key pairs."""
+        needed = [self.ca, *([self.server_cert, self.server_key] if server else [])]
         needed += [p for i in range(nodes) for p in (self.node_key(i), self.node_pub(i))]
         for path in needed:
             if not path.is_file():
                 made_by = f"a folder made by `fedpeft deploy certs` with {path.name}"
                 raise ConfigError("deploy.certs", str(self.folder), made_by)
-
-
-def node_key_paths(folder: Path, nodes: int) -> list[tuple[Path, Path]]:
-    paths = CertPaths(folder)
-    return [(paths.node_key(i), paths.node_pub(i)) for i in range(nodes)]
 
 
 def _write_private(path: Path, data: bytes) -> None:
@@ -166,10 +162,19 @@ def generate(folder: Path, nodes: int, hosts: list[str] | None = None, days: int
     atomic_write_bytes(paths.server_cert, server.public_bytes(pem))
 
     for i in range(nodes):
-        if paths.node_key(i).is_file() and paths.node_pub(i).is_file():
-            continue
-        key = ec.generate_private_key(ec.SECP384R1())  # the curve Flower's own key generator uses
-        _write_private(paths.node_key(i), key.private_bytes(pem, serialization.PrivateFormat.OpenSSH, noenc))
-        public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
-        atomic_write_bytes(paths.node_pub(i), public + b"\n")
+        if not (paths.node_key(i).is_file() and paths.node_pub(i).is_file()):
+            node_key_pair(paths.node_key(i), paths.node_pub(i))
     return paths
+
+
+def node_key_pair(private: Path, public: Path) -> None:
+    """Write a new SuperNode authentication key: EC P-384 (the curve Flower's own generator uses), the private key
+    in OpenSSH format (mode 600) and the public key in OpenSSH format, as Flower's node authentication expects."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP384R1())
+    fmt, noenc = serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
+    _write_private(private, key.private_bytes(serialization.Encoding.PEM, fmt, noenc))
+    pub = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    atomic_write_bytes(public, pub + b"\n")

@@ -31,14 +31,12 @@ import tomli_w
 
 from fedpeft.errors import FedPeftError
 from fedpeft.fileio import atomic_write_text
-from fedpeft.runtime.deploy.certs import CertPaths
+from fedpeft.runtime.deploy.certs import CertPaths, node_key_pair
 
 __all__ = ["DeploymentError", "LocalCluster", "flower_env", "write_app", "write_flwr_home"]
 
 CONNECTION = "fedpeft"  # the SuperLink connection's name in $FLWR_HOME/config.toml
 APP_NAME = "fedpeft-deploy"
-#: seconds between restart attempts of a dead node (after a SIGKILL the SuperLink refuses the node for up to 60 s)
-RESTART_EVERY = 5.0
 SHIMS = {"fedpeft_client_shim.py": "shim_client.py", "fedpeft_server_shim.py": "shim_server.py"}
 
 
@@ -65,7 +63,7 @@ def flower_env(flwr_home: Path) -> dict[str, str]:
         FLWR_TELEMETRY_ENABLED="0",
         FLWR_DISABLE_UPDATE_CHECK="1",
         FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
-        FLWR_SUPEREXEC_TASK_POLL_INTERVAL="0.05",
+        FLWR_SUPEREXEC_TASK_POLL_INTERVAL="0.2",
         PYTHONUNBUFFERED="1",
     )
     return env
@@ -135,20 +133,47 @@ def superlink_command(port: int, certs: CertPaths | None, host: str = "127.0.0.1
 
 
 def supernode_command(
-    superlink: str, partition: int, num_partitions: int, port: int, worker_socket: Path, certs: CertPaths | None
+    superlink: str,
+    partition: int,
+    num_partitions: int,
+    port: int,
+    certs: CertPaths | None,
+    key: Path | None = None,
+    *,
+    worker_socket: Path | None = None,
+    idle_poll: float | None = 0.25,
 ) -> list[str]:
-    node_config = f'partition-id={partition} num-partitions={num_partitions} worker-socket="{worker_socket}"'
-    cmd = [_bin("flower-supernode"), "--superlink", superlink, "--host", "127.0.0.1", "--port", str(port)]
-    cmd += ["--node-config", node_config]
+    """The SuperNode serving ``partition``: TLS against ``certs.ca`` and authenticated with ``key`` (by default the
+    partition's key in ``certs``), or plain HTTP when ``certs`` is None.
+
+    With ``worker_socket`` it is a stock node whose per-message ClientApp forwards to the worker at that socket;
+    without, the node runs with ``--isolation process`` and the fedpeft worker is its executor. ``idle_poll``
+    starts it through :mod:`fedpeft.runtime.deploy.supernode` with that idle wait instead of Flower's 3 s
+    (None: the stock ``flower-supernode`` command)."""
+    node_config = f"partition-id={partition} num-partitions={num_partitions}"
+    if worker_socket is not None:
+        node_config += f' worker-socket="{worker_socket}"'
+    if idle_poll is None:
+        cmd = [_bin("flower-supernode")]
+    else:
+        cmd = [sys.executable, "-m", "fedpeft.runtime.deploy.supernode", "--idle-poll", str(idle_poll)]
+    cmd += ["--superlink", superlink, "--host", "127.0.0.1", "--port", str(port), "--node-config", node_config]
+    if worker_socket is None:
+        cmd += ["--isolation", "process"]
     if certs is None:
         return [*cmd, "--insecure"]
-    return [*cmd, "--root-certificates", str(certs.ca), "--auth-supernode-private-key", str(certs.node_key(partition))]
+    key = key or certs.node_key(partition)
+    return [*cmd, "--root-certificates", str(certs.ca), "--auth-supernode-private-key", str(key)]
 
 
-def worker_command(partition: int, worker_socket: Path, threads: int, message_log: Path) -> list[str]:
+def worker_command(
+    partition: int, threads: int, message_log: Path, *, executor: str | None = None, socket_path: Path | None = None
+) -> list[str]:
+    """The fedpeft node worker: executor of the SuperNode at ``executor`` (host:port), or socket server."""
+    how = ["--executor", str(executor)] if executor is not None else ["--socket", str(socket_path)]
     return [
-        sys.executable, "-m", "fedpeft.runtime.deploy.worker", "--socket", str(worker_socket),
-        "--partition-id", str(partition), "--threads", str(threads), "--message-log", str(message_log),
+        sys.executable, "-m", "fedpeft.runtime.deploy.worker", *how, "--partition-id", str(partition),
+        "--threads", str(threads), "--message-log", str(message_log),
     ]  # fmt: skip
 
 
@@ -310,9 +335,12 @@ class LocalCluster:
         certs: Path | None = None,
         port: int = 0,
         node_threads: int = 1,
+        fast: bool = True,
+        idle_poll: float = 0.25,
     ) -> None:
         self.workdir = workdir.resolve()
         self.num_nodes, self.insecure, self.node_threads = num_nodes, insecure, node_threads
+        self.fast, self.idle_poll = fast, idle_poll
         self.port = port or free_port()
         self.certs: CertPaths | None = None
         if not insecure:
@@ -329,48 +357,68 @@ class LocalCluster:
         # Unix socket paths are limited to ~107 bytes, so the sockets live in a short private folder instead.
         self.socket_dir = Path(tempfile.mkdtemp(prefix="fpd-", dir="/tmp"))
         self.superlink = _Proc("superlink", superlink_command(self.port, self.certs), self.logs / "superlink.log")
+        self.node_ports = [free_port() for _ in range(num_nodes)]
         self.workers: list[_Proc] = []
         self.supernodes: list[_Proc] = []
         for i in range(num_nodes):
-            sock = self.socket_dir / f"node-{i}.sock"
-            self.workers.append(
-                _Proc(
-                    f"worker-{i}",
-                    worker_command(i, sock, node_threads, self.logs / f"messages-{i}.jsonl"),
-                    self.logs / f"worker-{i}.log",
-                )
-            )
-            node_port = free_port()
-            cmd = supernode_command(f"127.0.0.1:{self.port}", i, num_nodes, node_port, sock, self.certs)
-            self.supernodes.append(_Proc(f"supernode-{i}", cmd, self.logs / f"supernode-{i}.log"))
+            log = self.logs / f"messages-{i}.jsonl"
+            if fast:
+                cmd = worker_command(i, node_threads, log, executor=f"127.0.0.1:{self.node_ports[i]}")
+            else:
+                cmd = worker_command(i, node_threads, log, socket_path=self._socket(i))
+            self.workers.append(_Proc(f"worker-{i}", cmd, self.logs / f"worker-{i}.log"))
+            self.supernodes.append(_Proc(f"supernode-{i}", [], self.logs / f"supernode-{i}.log"))
+        # node i's current authentication key and registered node id (a restarted node gets a new key, see check)
+        self.node_keys: list[tuple[Path, Path] | None] = [
+            None if self.certs is None else (self.certs.node_key(i), self.certs.node_pub(i)) for i in range(num_nodes)
+        ]
+        self.node_ids: list[int | None] = [None] * num_nodes
         self.restarts = [0] * num_nodes
-        self._down_since: list[float | None] = [None] * num_nodes
 
     # ------------------------------------------------------------------ start / stop
     def start(self, timeout: float = 120.0) -> None:
         """Start the SuperLink, register the node keys, start every node; return once all are up."""
         write_flwr_home(self.flwr_home, f"127.0.0.1:{self.port}", None if self.certs is None else self.certs.ca)
         self.app_dir = write_app(self.workdir / "app")
+        # The workers' imports (torch, fedpeft) take longest: they start first and overlap with the SuperLink's.
+        for worker in self.workers:
+            worker.start(self.env)
         self.superlink.start(self.env)
         self._save_pids()
         wait_healthy(self.port, None if self.certs is None else self.certs.ca, timeout, self._popen(self.superlink),
                      self.superlink.log)  # fmt: skip
-        if self.certs is not None:
-            for i in range(self.num_nodes):
-                register_node(self.certs.node_pub(i), i, self.env)
         for i in range(self.num_nodes):
-            self.workers[i].start(self.env)
+            self._register(i)
         for i in range(self.num_nodes):
-            self._wait_worker(i, timeout)
-            self.supernodes[i].start(self.env)
+            if not self.fast:  # a stock node's ClientApp needs the worker's socket from its first message on
+                self._wait_worker(i, timeout)
+            self._start_supernode(i)
         self._save_pids()
+
+    def _socket(self, i: int) -> Path:
+        return self.socket_dir / f"node-{i}.sock"
+
+    def _register(self, i: int) -> None:
+        keys = self.node_keys[i]
+        if keys is not None:
+            self.node_ids[i] = register_node(keys[1], i, self.env)
+
+    def _start_supernode(self, i: int) -> None:
+        keys = self.node_keys[i]
+        node = self.supernodes[i]
+        node.cmd = supernode_command(
+            f"127.0.0.1:{self.port}", i, self.num_nodes, self.node_ports[i], self.certs,
+            None if keys is None else keys[0], worker_socket=None if self.fast else self._socket(i),
+            idle_poll=self.idle_poll if self.fast else None,
+        )  # fmt: skip
+        node.start(self.env)
 
     def _popen(self, proc: _Proc) -> subprocess.Popen[bytes]:
         assert proc.popen is not None
         return proc.popen
 
     def _wait_worker(self, i: int, timeout: float) -> None:
-        sock = self.socket_dir / f"node-{i}.sock"
+        sock = self._socket(i)
         deadline = time.monotonic() + timeout
         while not sock.exists():
             if not self.workers[i].alive():
@@ -420,14 +468,21 @@ class LocalCluster:
                 for i in range(self.num_nodes)
             },
             "socket_dir": str(self.socket_dir),
+            "port": self.port,
+            "restarts": self.restarts,
         }
         atomic_write_text(self.workdir / "pids.json", json.dumps(pids, indent=2) + "\n")
 
     # ------------------------------------------------------------------ supervision
     def check(self, restart_nodes: bool) -> None:
-        """One supervision step: the SuperLink must be alive; a node whose SuperNode or worker died is restarted
-        (worker first, then the SuperNode; a SuperNode refused because its old session has not expired yet, up
-        to a minute after a SIGKILL, is simply started again on a later step)."""
+        """One supervision step: the SuperLink must be alive; a node whose SuperNode or worker died is restarted.
+
+        A SIGKILLed SuperNode counts as online in Flower for up to 60 s, and an authenticated node cannot be
+        activated again before that. So, with authentication, the supervisor (which holds the deployment's keys)
+        unregisters the dead node's identity, which takes it offline at once (its pending messages end with an
+        error instead of waiting for the round's timeout), and registers a fresh key for the restarted node, which
+        then joins as a new node and is greeted by the server before its next message.
+        """
         for proc in self.all_procs():
             proc.remember_tree()
         if not self.superlink.alive():
@@ -437,29 +492,32 @@ class LocalCluster:
             )
         if not restart_nodes:
             return
-        now = time.monotonic()
         for i in range(self.num_nodes):
             worker, node = self.workers[i], self.supernodes[i]
             if worker.alive() and node.alive():
-                self._down_since[i] = None
                 continue
-            if self._down_since[i] is None:
-                self._down_since[i] = now
-                if worker.alive() != node.alive():  # half a node: stop the other half, restart both together
-                    (worker if worker.alive() else node).signal(signal.SIGKILL)
-                continue
-            if now - (self._down_since[i] or now) < RESTART_EVERY:
-                continue
-            self._down_since[i] = now
-            if not worker.alive():
-                _kill_pids(worker.tree)
-                (self.socket_dir / f"node-{i}.sock").unlink(missing_ok=True)  # its socket appears when it is ready
-                worker.start(self.env)
-                self._wait_worker(i, 120.0)
-            if not node.alive():
-                _kill_pids(node.tree)
-                node.start(self.env)
+            for half in (worker, node):  # half a node is no node: stop what is left, restart both together
+                half.signal(signal.SIGKILL)
+                if half.popen is not None:
+                    half.popen.wait()
+                _kill_pids(half.tree)
+            if self.node_ids[i] is not None:
+                with contextlib.suppress(DeploymentError):  # already gone is fine
+                    flwr_cli(["supernode", "unregister", str(self.node_ids[i]), CONNECTION], self.env)
                 self.restarts[i] += 1
+                keys = (self.workdir / "keys" / f"node-{i}.r{self.restarts[i]}", self.workdir / "keys" /
+                        f"node-{i}.r{self.restarts[i]}.pub")  # fmt: skip
+                keys[0].parent.mkdir(parents=True, exist_ok=True)
+                node_key_pair(*keys)
+                self.node_keys[i] = keys
+                self._register(i)
+            else:
+                self.restarts[i] += 1
+            self._socket(i).unlink(missing_ok=True)  # its socket appears when it is ready
+            worker.start(self.env)
+            if not self.fast:
+                self._wait_worker(i, 120.0)
+            self._start_supernode(i)
             self._save_pids()
 
     def serverapp_pids(self) -> list[int]:

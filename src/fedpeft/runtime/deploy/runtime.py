@@ -19,7 +19,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fedpeft.runtime.deploy.cluster import DeploymentError, LocalCluster, run_status, submit_run
+from fedpeft.runtime.deploy.cluster import (
+    DeploymentError,
+    LocalCluster,
+    flower_env,
+    run_status,
+    submit_run,
+    write_app,
+    write_flwr_home,
+)
 from fedpeft.runtime.deploy.server import ERROR_FILE
 from fedpeft.runtime.run import Session
 
@@ -67,7 +75,11 @@ class _Progress:
 
 
 def run_deploy(session: Session) -> None:
-    """Run the session's algorithm on a loopback Flower deployment (the ``deploy`` runtime).
+    """Run the session's algorithm through Flower's deployment engine (the ``deploy`` runtime).
+
+    Without ``deploy.superlink``, a loopback cluster is started for the run and stopped after it. With it, the run
+    is submitted to that running SuperLink (its ServerApp then writes this run directory, so submit from the
+    SuperLink's machine or a shared filesystem) and followed until it ends.
 
     Raises
     ------
@@ -79,10 +91,17 @@ def run_deploy(session: Session) -> None:
     dep = cfg.deploy
     if dep.insecure:
         print(INSECURE_WARNING, file=sys.stderr, flush=True)
-    summary, error = run_path / "summary.json", run_path / ERROR_FILE
-    summary_before = _mtime(summary)
-    error.unlink(missing_ok=True)
+    (run_path / ERROR_FILE).unlink(missing_ok=True)
     certs = Path(dep.certs) if dep.certs else None
+    resume = session.resume is not None
+    if dep.superlink:
+        workdir = run_path / "deploy"
+        env = flower_env(workdir / "flwr_home")
+        ca = None if dep.insecure or certs is None else certs / "ca.pem"
+        write_flwr_home(workdir / "flwr_home", dep.superlink, ca)
+        run_id = submit_run(write_app(workdir / "app"), run_path, resume, env)
+        _follow(session, run_id, env, None)
+        return
     cluster = LocalCluster(
         run_path / "deploy",
         cfg.federation.num_clients,
@@ -90,43 +109,52 @@ def run_deploy(session: Session) -> None:
         certs=certs,
         port=dep.port,
         node_threads=dep.node_threads,
+        fast=dep.fast_nodes,
+        idle_poll=dep.node_idle_poll,
     )
-    progress = _Progress(session)
     try:
         cluster.start()
-        run_id = submit_run(cluster.app_dir, run_path, session.resume is not None, cluster.env)
-        seen_server = False
-        last_status = time.monotonic()
-        while True:
+        run_id = submit_run(cluster.app_dir, run_path, resume, cluster.env)
+        _follow(session, run_id, cluster.env, cluster)
+    finally:
+        cluster.stop()
+
+
+def _follow(session: Session, run_id: int, env: dict[str, str], cluster: LocalCluster | None) -> None:
+    """Wait for the run's end (``summary.json`` rewritten), keeping the progress bar and the nodes going; raise
+    DeploymentError when the server program failed, its ServerApp vanished, or Flower ended the run."""
+    run_path = session.run.path
+    summary, error = run_path / "summary.json", run_path / ERROR_FILE
+    summary_before = _mtime(summary)
+    resume_hint = f"resume with: fedpeft run --resume {run_path}"
+
+    def finished() -> bool:
+        return _mtime(summary) != summary_before
+
+    def failed_without_trace(what: str) -> None:
+        time.sleep(1.0)  # it may have just finished writing
+        if not finished() and not error.is_file():
+            raise DeploymentError(f"{what} before the run finished; {resume_hint}")
+
+    progress = _Progress(session)
+    seen_server, last_status = False, time.monotonic()
+    try:
+        while not finished():
             time.sleep(0.5)
             progress.update()
-            if _mtime(summary) != summary_before:
-                break
             if error.is_file():
-                raise DeploymentError(
-                    f"the fedpeft server program failed:\n{error.read_text()[-3000:]}\n"
-                    f"Resume with: fedpeft run --resume {run_path}"
-                )
-            cluster.check(dep.restart_nodes)
-            running = bool(cluster.serverapp_pids())
-            seen_server = seen_server or running
-            # The ServerApp process vanished without a summary or an error file: it was killed.
-            if seen_server and not running and _mtime(summary) == summary_before and not error.is_file():
-                time.sleep(1.0)  # it may have just finished writing
-                if _mtime(summary) == summary_before and not error.is_file():
-                    raise DeploymentError(
-                        f"the ServerApp of Flower run {run_id} died before the run finished; "
-                        f"resume with: fedpeft run --resume {run_path}"
-                    )
-            if time.monotonic() - last_status > 15.0:  # a slow, process-independent check of Flower's view
-                last_status = time.monotonic()
-                status = run_status(run_id, cluster.env)
-                if status.startswith("finished:") and _mtime(summary) == summary_before:
-                    time.sleep(1.0)
-                    if _mtime(summary) == summary_before:
-                        raise DeploymentError(f"Flower run {run_id} ended as {status!r} before fedpeft finished; "
-                                              f"resume with: fedpeft run --resume {run_path}")  # fmt: skip
+                raise DeploymentError(f"the fedpeft server program failed:\n{error.read_text()[-3000:]}\n{resume_hint}")
+            if cluster is not None:
+                cluster.check(session.cfg.deploy.restart_nodes)
+                running = bool(cluster.serverapp_pids())
+                seen_server = seen_server or running
+                if seen_server and not running and not finished():  # the ServerApp process vanished: killed
+                    failed_without_trace(f"the ServerApp of Flower run {run_id} died")
+            if time.monotonic() - last_status > (15.0 if cluster is not None else 5.0):
+                last_status = time.monotonic()  # a slower, process-independent check of Flower's view
+                status = run_status(run_id, env)
+                if status.startswith("finished:") and not finished():
+                    failed_without_trace(f"Flower run {run_id} ended as {status!r}")
         progress.update()
     finally:
         progress.close()
-        cluster.stop()

@@ -12,6 +12,7 @@ directory, where the supervisor reads it.
 
 from __future__ import annotations
 
+import time
 import traceback
 from pathlib import Path
 from typing import Any
@@ -51,7 +52,33 @@ def serve(grid: Any, context: Any) -> None:
             dynamic_nodes=True,
             poll_interval=deploy.poll_interval,
         )
+        _bound_object_pulls(flower_grid)
         session.execute(flower_grid, server, data)
     except BaseException:
         atomic_write_text(run_path / ERROR_FILE, traceback.format_exc())
         raise
+
+
+def _bound_object_pulls(flower_grid: Any) -> None:
+    """Make the ServerApp's reply downloads give up at the exchange's deadline.
+
+    Flower's ``HttpGrid.pull_messages`` downloads a reply's objects with ``pull_objects`` and its defaults: up to
+    500 tries and 7200 s, backing off from 1 s to 10 s. A node killed while uploading its reply leaves the reply's
+    message without all its objects, and the server program would then wait up to two hours instead of counting
+    the client as failed at ``federation.timeout``. This wraps the function that module calls so that the download
+    stops at the deadline of the exchange in progress (``FlowerGrid.deadline``; no change without a timeout) and
+    retries faster (0.1 s growing to 1 s). Flower then returns the reply as an error (code 3), and the client is a
+    failure of the round like any other.
+    """
+    import flwr.superlink.grid.http_grid as http_grid
+
+    original = http_grid.pull_objects
+
+    def bounded(*args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("initial_backoff", 0.1)
+        kwargs.setdefault("backoff_cap", 1.0)
+        if flower_grid.deadline is not None:
+            kwargs["max_time"] = max(1.0, flower_grid.deadline - time.monotonic())
+        return original(*args, **kwargs)
+
+    http_grid.pull_objects = bounded

@@ -103,6 +103,8 @@ class FlowerGrid:
         self._activated: dict[int, str] = {}
         self._online: set[int] = set()
         self._saved_states: dict[int, dict[str, Any]] = {}  # client states of the last checkpoint, for rejoins
+        #: monotonic deadline of the exchange in progress (None: no timeout); read by bounded object pulls
+        self.deadline: float | None = None
         self.ledger = ByteLedger()
         self.num_clients = cfg.federation.num_clients
         self.client_app = get_algorithm(cfg.federation.algorithm).client_app
@@ -162,7 +164,7 @@ class FlowerGrid:
         nodes = [m.metadata.dst_node_id for m in messages]
         ids = list(self.grid.push_messages(messages))
         pending = {mid: node for mid, node in zip(ids, nodes, strict=True) if mid}
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = self.deadline = None if timeout is None else time.monotonic() + timeout
         got: dict[int, Message] = {}
         while pending:
             for reply in self.grid.pull_messages(list(pending)):

@@ -1,0 +1,345 @@
+"""The ``deploy`` runtime: certificates, the Flower app folder, the node worker, and end-to-end loopback runs with
+three SuperNodes, TLS and authentication on, a node killed mid-run, an intruder refused, a killed ServerApp resumed.
+
+The end-to-end tests start real processes (SuperLink, SuperNodes, node workers, ServerApp, ClientApps); every one
+is stopped by PID when the test ends, also on failure (the runtime's own teardown, then a sweep of whatever the
+pids file names).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+pytest.importorskip("flwr", reason="the deploy runtime needs fedpeft[flower]")
+
+from safetensors.torch import load_file
+
+from fedpeft.config import RunConfig, from_dict
+from fedpeft.errors import ConfigError
+from fedpeft.runtime import run_federated
+from fedpeft.runtime.deploy import certs as certs_mod
+from fedpeft.runtime.deploy.cluster import descendants, write_app
+
+pytestmark = pytest.mark.slow
+
+
+# ------------------------------------------------------------------------------------------------ certificates
+def test_certs_chain_sans_node_keys_and_reuse(tmp_path: Path) -> None:
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from flwr.supercore.primitives.asymmetric import uses_nist_ec_curve
+
+    paths = certs_mod.generate(tmp_path / "c", 2, hosts=["node.example", "10.1.2.3"])
+    ca = x509.load_pem_x509_certificate(paths.ca.read_bytes())
+    server = x509.load_pem_x509_certificate(paths.server_cert.read_bytes())
+    server.verify_directly_issued_by(ca)  # signed by our CA (raises otherwise)
+    sans = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert {str(ip) for ip in sans.get_values_for_type(x509.IPAddress)} == {"10.1.2.3", "127.0.0.1", "::1"}
+    assert set(sans.get_values_for_type(x509.DNSName)) == {"node.example", "localhost"}
+    for i in range(2):  # the formats Flower's SuperNode and `flwr supernode register` load
+        from cryptography.hazmat.primitives.serialization import load_ssh_private_key, load_ssh_public_key
+
+        key = load_ssh_private_key(paths.node_key(i).read_bytes(), None)
+        pub = load_ssh_public_key(paths.node_pub(i).read_bytes())
+        assert isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.name == "secp384r1"
+        assert isinstance(pub, ec.EllipticCurvePublicKey) and uses_nist_ec_curve(pub)
+        assert pub.public_numbers() == key.public_key().public_numbers()
+        assert paths.node_key(i).stat().st_mode & 0o777 == 0o600
+    assert paths.server_key.stat().st_mode & 0o777 == 0o600 and paths.ca_key.stat().st_mode & 0o777 == 0o600
+
+    # a TLS handshake as Flower's clients do it (hostname checking on) succeeds for 127.0.0.1, fails for a name
+    # that is not in the certificate
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(paths.server_cert, paths.server_key)
+    client_ctx = ssl.create_default_context(cafile=str(paths.ca))
+    assert _handshake(server_ctx, client_ctx, "127.0.0.1") is None
+    assert "mismatch" in str(_handshake(server_ctx, client_ctx, "other.example"))
+
+    # again with more nodes: the CA and existing keys are kept, the new key is added
+    before = (paths.ca.read_bytes(), paths.node_key(1).read_bytes())
+    again = certs_mod.generate(tmp_path / "c", 3)
+    assert (again.ca.read_bytes(), again.node_key(1).read_bytes()) == before and again.node_key(2).is_file()
+    with pytest.raises(ConfigError, match="nodes"):
+        certs_mod.generate(tmp_path / "d", 0)
+    with pytest.raises(ConfigError, match="node-3"):
+        again.check(4)
+
+
+def _handshake(server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext, name: str) -> Exception | None:
+    """An in-memory TLS handshake; the client's error, or None when it succeeded."""
+    c_in, c_out, s_in, s_out = ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO()
+    client = client_ctx.wrap_bio(c_in, c_out, server_hostname=name)
+    server = server_ctx.wrap_bio(s_in, s_out, server_side=True)
+    for _ in range(10):
+        for end, outbox, peer_in in ((client, c_out, s_in), (server, s_out, c_in)):
+            try:
+                end.do_handshake()
+            except ssl.SSLWantReadError:
+                pass
+            except ssl.SSLError as exc:
+                if end is client:
+                    return exc
+            peer_in.write(outbox.read())
+        if client.version() is not None and server.version() is not None:
+            return None
+    return RuntimeError("handshake did not finish")
+
+
+# ------------------------------------------------------------------------------------------------ app and worker
+def test_app_folder_is_valid_and_its_shims_import_neither_torch_nor_fedpeft(tmp_path: Path) -> None:
+    from flwr.common.config import get_project_config, validate_config
+
+    app = write_app(tmp_path / "app")
+    ok, errors, _ = validate_config(get_project_config(app), check_module=True, project_dir=app)
+    assert ok, errors
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); import fedpeft_client_shim, fedpeft_server_shim; "
+        "heavy = [m for m in ('torch', 'fedpeft', 'transformers') if m in sys.modules]; print(heavy)"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(app)], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"  # each message's ClientApp process stays light
+
+
+def test_worker_serves_forwarded_messages(tmp_path: Path) -> None:
+    """The shim's framing and the worker's serve step over a real socket pair: the reply and the changed state
+    come back; a handler that raises becomes an error reply; every message is logged with record digests."""
+    from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from fedpeft.runtime.deploy import worker as worker_mod
+    from fedpeft.runtime.deploy.shim_client import recv_frame, send_frame
+
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 5, 1  # type: ignore[misc]
+    try:
+
+        def app(msg: Message, ctx: Context) -> Message:
+            if msg.metadata.message_type == "query.boom":
+                raise KeyError("boom")
+            ctx.state["seen"] = ConfigRecord({"n": 1})
+            return Message(RecordDict({"echo": msg.content.array_records["a"]}), reply_to=msg)
+
+        arrays = ArrayRecord({"w": torch.arange(4.0)})
+        log = tmp_path / "messages.jsonl"
+        for mtype in ("train", "query.boom"):
+            msg = Message(RecordDict({"a": arrays}), dst_node_id=5, message_type=mtype, group_id="3")
+            ctx = Context(1, 5, {"partition-id": 2}, RecordDict(), {})
+            a, b = socket.socketpair()
+            with a, b:
+                send_frame(a, (msg, ctx))
+                worker_mod._serve_one(b, app, log)
+                reply, state = recv_frame(a)
+            if mtype == "train":
+                assert not reply.has_error() and "seen" in state
+                assert reply.content.array_records["echo"]["w"].numpy().tolist() == [0, 1, 2, 3]
+            else:
+                assert reply.has_error() and "KeyError: 'boom'" in reply.error.reason and "seen" not in state
+        lines = [json.loads(x) for x in log.read_text().splitlines()]
+        assert [x["type"] for x in lines] == ["train", "query.boom"] and lines[0]["partition"] == 2
+        assert lines[0]["records"]["a"] == worker_mod.record_digests(RecordDict({"a": arrays}))["a"]
+    finally:
+        for attr in ("_run_id", "_node_id", "_task_id"):
+            setattr(TaskIdentity, attr, None)
+
+
+def test_deploy_config_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match="deploy.port"):
+        from_dict(RunConfig, {"deploy": {"port": 70000}})
+    with pytest.raises(ConfigError, match="deploy.node_threads"):
+        from_dict(RunConfig, {"deploy": {"node_threads": 0}})
+    with pytest.raises(ConfigError, match="deploy.certs"):
+        run_federated(from_dict(RunConfig, {"deploy": {"certs": "/nonexistent"}}), runtime="deploy")
+    assert not list(tmp_path.iterdir())  # refused before a run directory was made
+
+
+# ------------------------------------------------------------------------------------------------ end to end
+def _job(tmp_path: Path, **federation: Any) -> RunConfig:
+    """tiny-small on SST-2, 3 clients, 1 local step per round, top-k uplink (clients keep error-feedback state)."""
+    return from_dict(
+        RunConfig,
+        {
+            "name": "dep",
+            "seed": 5,
+            "output_dir": str(tmp_path),
+            "model": {"name": "tiny-small"},
+            "data": {"dataset": "sst2", "max_length": 48, "train_limit": 240, "eval_limit": 48},
+            "adapter": {"method": "lora", "r": 2, "target_modules": ["q_proj", "v_proj"]},
+            "train": {"steps": 1, "batch_size": 8, "lr": 4e-3},
+            "federation": {"num_clients": 3, "rounds": 4, "timeout": 60.0, **federation},
+            "comm": {"up": "topk", "topk_ratio": 0.5},
+        },
+    )
+
+
+def _events(run_path: Path) -> list[dict[str, Any]]:
+    return [json.loads(x) for x in (run_path / "metrics.jsonl").read_text().splitlines()]
+
+
+def _sweep(run_root: Path) -> None:
+    """Kill every process a deployment under ``run_root`` recorded, with its descendants (test cleanup)."""
+    for pids_file in run_root.rglob("deploy/pids.json"):
+        pids = json.loads(pids_file.read_text())
+        roots = [pids["superlink"], *(p for n in pids["nodes"].values() for p in n.values())]
+        for pid in [r for r in roots if r] + [d for r in roots if r for d in descendants(r)]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+class _Background:
+    """``run_federated`` in a thread; the exception it raised, if any, is kept."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        self.error: BaseException | None = None
+        self.result: Any = None
+        self.thread = threading.Thread(target=self._run, kwargs=kwargs, daemon=True)
+        self.thread.start()
+
+    def _run(self, **kwargs: Any) -> None:
+        try:
+            self.result = run_federated(**kwargs)
+        except BaseException as exc:
+            self.error = exc
+
+
+def _wait_for(cond: Any, timeout: float, what: str, bg: _Background | None = None) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = cond()
+        if value:
+            return value
+        if bg is not None and not bg.thread.is_alive():
+            raise AssertionError(f"the run ended before {what}: {bg.error!r}")
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _run_dir(root: Path) -> Path | None:
+    found = sorted(root.glob("dep-*"))
+    return found[0] if found else None
+
+
+def _rounds_done(run_path: Path) -> int:
+    if not (run_path / "metrics.jsonl").is_file():
+        return 0
+    return sum(e["event"] == "round" for e in _events(run_path))
+
+
+def test_deploy_killed_node_rejoins_intruder_refused_data_stays_on_its_node(tmp_path: Path) -> None:
+    root = tmp_path / "runs"
+    cfg = _job(root, rounds=6)
+    try:
+        bg = _Background(cfg=cfg, runtime="deploy", quiet=True)
+        run_path: Path = _wait_for(lambda: _run_dir(root), 60, "the run directory", bg)
+        _wait_for(lambda: _rounds_done(run_path) >= 1, 300, "round 1", bg)
+        pids = json.loads((run_path / "deploy" / "pids.json").read_text())
+
+        # an intruder: TLS with our CA, but a key the SuperLink never registered -> refused, never a node
+        intruder_key = tmp_path / "intruder"
+        certs_mod.node_key_pair(intruder_key, tmp_path / "intruder.pub")
+        certs = run_path / "deploy" / "certs"
+        intruder = subprocess.run(
+            [str(Path(sys.executable).parent / "flower-supernode"), "--superlink", f"127.0.0.1:{pids['port']}",
+             "--root-certificates", str(certs / "ca.pem"), "--auth-supernode-private-key", str(intruder_key),
+             "--port", "0", "--max-retries", "0"],
+            capture_output=True, text=True, timeout=120, env={**os.environ, "FLWR_TELEMETRY_ENABLED": "0"},
+        )  # fmt: skip
+        assert intruder.returncode != 0
+        # without any key (Flower's self-registration) -> refused as well, authentication being on
+        anonymous = subprocess.run(
+            [str(Path(sys.executable).parent / "flower-supernode"), "--superlink", f"127.0.0.1:{pids['port']}",
+             "--root-certificates", str(certs / "ca.pem"), "--port", "0", "--max-retries", "0"],
+            capture_output=True, text=True, timeout=120, env={**os.environ, "FLWR_TELEMETRY_ENABLED": "0"},
+        )  # fmt: skip
+        assert anonymous.returncode != 0
+
+        # kill node 1 (SuperNode and worker) in the middle of a round
+        done = _rounds_done(run_path)
+        _wait_for(lambda: (run_path / "deploy/logs/messages-1.jsonl").read_text().count('"train"') > done, 120,
+                  "node 1 to receive a train message", bg)  # fmt: skip
+        for pid in pids["nodes"]["1"].values():
+            os.killpg(pid, signal.SIGKILL)
+        bg.thread.join(timeout=600)
+        assert not bg.thread.is_alive(), "the deployment did not finish"
+        assert bg.error is None, bg.error
+    finally:
+        _sweep(root)
+
+    events = _events(run_path)
+    summary = json.loads((run_path / "summary.json").read_text())
+    assert summary["runtime"] == "deploy" and summary["rounds"] == 6
+    rounds = [e for e in events if e["event"] == "round"]
+    assert [e["round"] for e in rounds] == [1, 2, 3, 4, 5, 6]
+    failures = [e for e in events if e["event"] == "failure"]
+    assert failures and all(e["client"] == 1 for e in failures)
+    assert sum(e["failures"] for e in rounds) == len(failures)  # counted in the round metrics
+    killed_round = failures[0]["round"]
+    trained = {(e["round"], e["client"]) for e in events if e["event"] == "client_train"}
+    assert all((r, c) in trained for r in range(1, 7) for c in (0, 2))  # the others never missed a round
+    assert any(c == 1 and r > killed_round for r, c in trained)  # node 1 came back and trained again
+    assert json.loads((run_path / "deploy" / "pids.json").read_text())["restarts"][1] == 1
+
+    # isolation: each node's worker holds only its own partition; every train message a node received carried
+    # exactly the bytes the others received that round (the broadcast global adapter), and state only went to
+    # the node that had lost it
+    logs = run_path / "deploy" / "logs"
+    for i in range(3):
+        held = [x for x in (logs / f"worker-{i}.log").read_text().splitlines() if "holds the training data" in x]
+        assert held and all(x.endswith(f"clients {{{i}: " + x.split(f"{{{i}: ")[1]) for x in held)
+    received = {i: [json.loads(x) for x in (logs / f"messages-{i}.jsonl").read_text().splitlines()] for i in range(3)}
+    for rnd in range(1, 7):
+        digests = {m["records"]["arrays"] for i in range(3) for m in received[i] if m["type"] == "train"
+                   and m["group"] == str(rnd)}  # fmt: skip
+        assert len(digests) == 1
+    state_sets = {i: [m for m in received[i] if m["type"] == "query.fedpeft_state_set"] for i in range(3)}
+    assert not state_sets[0] and not state_sets[2] and len(state_sets[1]) == 1
+
+
+def test_deploy_serverapp_killed_then_resumed_matches_local(tmp_path: Path) -> None:
+    root = tmp_path / "deploy"
+    try:
+        bg = _Background(cfg=_job(root), runtime="deploy", quiet=True)
+        run_path: Path = _wait_for(lambda: _run_dir(root), 60, "the run directory", bg)
+        _wait_for(lambda: (run_path / "checkpoint" / "state.pt").is_file() and _rounds_done(run_path) >= 2, 300,
+                  "the round-2 checkpoint", bg)  # fmt: skip
+        pids = json.loads((run_path / "deploy" / "pids.json").read_text())
+        server = [p for p in descendants(pids["superlink"]) if b"flwr-serverapp" in Path(f"/proc/{p}/cmdline")
+                  .read_bytes()]  # fmt: skip
+        assert len(server) == 1
+        os.kill(server[0], signal.SIGKILL)
+        bg.thread.join(timeout=120)
+        assert bg.error is not None and "resume with: fedpeft run --resume" in str(bg.error)
+        assert not any(d for p in [pids["superlink"]] for d in descendants(p))  # every process of it stopped
+        assert not (run_path / "summary.json").exists()
+        resumed = run_federated(resume=run_path, quiet=True)
+        assert resumed.path == run_path
+    finally:
+        _sweep(root)
+    local = run_federated(_job(tmp_path / "local"), runtime="local", quiet=True).path
+
+    want, got = (
+        load_file(local / "adapter/adapter_model.safetensors"),
+        load_file(run_path / "adapter/adapter_model.safetensors"),
+    )
+    assert got.keys() == want.keys()
+    for key, value in want.items():
+        torch.testing.assert_close(got[key], value, atol=1e-5, rtol=0)
+    s_local, s_dep = (json.loads((p / "summary.json").read_text()) for p in (local, run_path))
+    assert (s_dep["bytes_up"], s_dep["bytes_down"]) == (s_local["bytes_up"], s_local["bytes_down"])
+    assert s_dep["resumed_from_round"] >= 2
+    events = _events(run_path)
+    assert [e["round"] for e in events if e["event"] == "round"] == [1, 2, 3, 4]
+    assert sum(e["event"] == "client_train" for e in events) == 3 * 4
