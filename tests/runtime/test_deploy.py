@@ -308,7 +308,18 @@ def test_deploy_killed_node_rejoins_intruder_refused_data_stays_on_its_node(tmp_
     assert not state_sets[0] and not state_sets[2] and len(state_sets[1]) == 1
 
 
-def test_deploy_serverapp_killed_then_resumed_matches_local(tmp_path: Path) -> None:
+def _processes_mentioning(text: str) -> list[int]:
+    """Live processes whose command line contains ``text`` (zombies have none)."""
+    found = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        with contextlib.suppress(OSError):
+            if text.encode() in (entry / "cmdline").read_bytes():
+                found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.parametrize("victim", ["serverapp", "superlink"])
+def test_deploy_killed_server_side_then_resumed_matches_local(tmp_path: Path, victim: str) -> None:
     root = tmp_path / "deploy"
     try:
         bg = _Background(cfg=_job(root), runtime="deploy", quiet=True)
@@ -319,10 +330,11 @@ def test_deploy_serverapp_killed_then_resumed_matches_local(tmp_path: Path) -> N
         server = [p for p in descendants(pids["superlink"]) if b"flwr-serverapp" in Path(f"/proc/{p}/cmdline")
                   .read_bytes()]  # fmt: skip
         assert len(server) == 1
-        os.kill(server[0], signal.SIGKILL)
+        os.kill(server[0] if victim == "serverapp" else pids["superlink"], signal.SIGKILL)
         bg.thread.join(timeout=120)
         assert bg.error is not None and "resume with: fedpeft run --resume" in str(bg.error)
-        assert not any(d for p in [pids["superlink"]] for d in descendants(p))  # every process of it stopped
+        time.sleep(1.0)
+        assert not _processes_mentioning(str(run_path))  # every process of the deployment was stopped
         assert not (run_path / "summary.json").exists()
         resumed = run_federated(resume=run_path, quiet=True)
         assert resumed.path == run_path

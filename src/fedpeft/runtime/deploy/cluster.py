@@ -156,7 +156,8 @@ def supernode_command(
     if idle_poll is None:
         cmd = [_bin("flower-supernode")]
     else:
-        cmd = [sys.executable, "-m", "fedpeft.runtime.deploy.supernode", "--idle-poll", str(idle_poll)]
+        launcher = Path(__file__).with_name("supernode.py")  # by path: `-m` would import fedpeft (and torch)
+        cmd = [sys.executable, str(launcher), "--idle-poll", str(idle_poll)]
     cmd += ["--superlink", superlink, "--host", "127.0.0.1", "--port", str(port), "--node-config", node_config]
     if worker_socket is None:
         cmd += ["--isolation", "process"]

@@ -145,7 +145,10 @@ def _follow(session: Session, run_id: int, env: dict[str, str], cluster: LocalCl
             if error.is_file():
                 raise DeploymentError(f"the fedpeft server program failed:\n{error.read_text()[-3000:]}\n{resume_hint}")
             if cluster is not None:
-                cluster.check(session.cfg.deploy.restart_nodes)
+                try:
+                    cluster.check(session.cfg.deploy.restart_nodes)
+                except DeploymentError as exc:
+                    raise DeploymentError(f"{exc}\n{resume_hint}") from None
                 running = bool(cluster.serverapp_pids())
                 seen_server = seen_server or running
                 if seen_server and not running and not finished():  # the ServerApp process vanished: killed

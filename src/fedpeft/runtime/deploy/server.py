@@ -67,7 +67,7 @@ def _bound_object_pulls(flower_grid: Any) -> None:
     message without all its objects, and the server program would then wait up to two hours instead of counting
     the client as failed at ``federation.timeout``. This wraps the function that module calls so that the download
     stops at the deadline of the exchange in progress (``FlowerGrid.deadline``; no change without a timeout) and
-    retries faster (0.1 s growing to 1 s). Flower then returns the reply as an error (code 3), and the client is a
+    retries faster (0.05 s growing to 0.5 s). Flower then returns the reply as an error (code 3), and the client is a
     failure of the round like any other.
     """
     import flwr.superlink.grid.http_grid as http_grid
@@ -75,8 +75,8 @@ def _bound_object_pulls(flower_grid: Any) -> None:
     original = http_grid.pull_objects
 
     def bounded(*args: Any, **kwargs: Any) -> Any:
-        kwargs.setdefault("initial_backoff", 0.1)
-        kwargs.setdefault("backoff_cap", 1.0)
+        kwargs["initial_backoff"] = min(kwargs.get("initial_backoff", 0.05), 0.05)
+        kwargs["backoff_cap"] = min(kwargs.get("backoff_cap", 0.5), 0.5)
         if flower_grid.deadline is not None:
             kwargs["max_time"] = max(1.0, flower_grid.deadline - time.monotonic())
         return original(*args, **kwargs)

@@ -143,6 +143,12 @@ def _serve_executor(address: str, app: Any, message_log: Path | None, poll: floa
             retry_invoker=make_simple_http_retry_invoker(),
         )  # fmt: skip
 
+    import flwr.supercore.inflatable.inflatable_utils as inflatable
+
+    from fedpeft.runtime.deploy.supernode import fast_object_pulls
+
+    # The task is announced before its payload has reached the SuperNode; Flower's download would back off 1-7 s.
+    fast_object_pulls(inflatable)
     _wait_port(address)
     print(f"fedpeft worker executing the ClientApp tasks of the SuperNode at {address}", flush=True)
     acquirer = client(RuntimeVersionHttpInterceptor(component_name="SuperExec"))
@@ -158,10 +164,17 @@ def _serve_executor(address: str, app: Any, message_log: Path | None, poll: floa
         heartbeat.start()
         context, status, details = None, SubStatus.FAILED, "the fedpeft worker failed to run the task"
         try:
+            t0 = time.time()
             message, context, _, _ = pull_task_input(task)
+            t1 = time.time()
             reply = handle_message(app, message, context, message_log)
+            t2 = time.time()
             push_message(task, reply, context)
             status, details = SubStatus.COMPLETED, ""
+            # where a message's time goes on this node (docs/results.md, deployment overhead)
+            print(f"fedpeft worker: {message.metadata.message_type} created->acquired "
+                  f"{t0 - message.metadata.created_at:.3f}s pull {t1 - t0:.3f}s handle {t2 - t1:.3f}s "
+                  f"push {time.time() - t2:.3f}s", flush=True)  # fmt: skip
         except Exception:
             print(f"fedpeft worker: task failed:\n{traceback.format_exc()}", file=sys.stderr, flush=True)
         finally:
