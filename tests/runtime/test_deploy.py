@@ -32,7 +32,7 @@ from fedpeft.config import RunConfig, from_dict
 from fedpeft.errors import ConfigError
 from fedpeft.runtime import run_federated
 from fedpeft.runtime.deploy import certs as certs_mod
-from fedpeft.runtime.deploy.cluster import descendants, write_app
+from fedpeft.runtime.deploy.cluster import descendants, flower_env, flwr_cli, free_port, write_app
 
 pytestmark = pytest.mark.slow
 
@@ -247,24 +247,24 @@ def test_deploy_killed_node_rejoins_intruder_refused_data_stays_on_its_node(tmp_
         _wait_for(lambda: _rounds_done(run_path) >= 1, 300, "round 1", bg)
         pids = json.loads((run_path / "deploy" / "pids.json").read_text())
 
-        # an intruder: TLS with our CA, but a key the SuperLink never registered -> refused, never a node
+        # an intruder: TLS with our CA, but a key the SuperLink never registered -> refused, never a node; and one
+        # without any key (Flower's self-registration) -> refused as well, authentication being on
         intruder_key = tmp_path / "intruder"
         certs_mod.node_key_pair(intruder_key, tmp_path / "intruder.pub")
-        certs = run_path / "deploy" / "certs"
-        intruder = subprocess.run(
-            [str(Path(sys.executable).parent / "flower-supernode"), "--superlink", f"127.0.0.1:{pids['port']}",
-             "--root-certificates", str(certs / "ca.pem"), "--auth-supernode-private-key", str(intruder_key),
-             "--port", "0", "--max-retries", "0"],
-            capture_output=True, text=True, timeout=120, env={**os.environ, "FLWR_TELEMETRY_ENABLED": "0"},
-        )  # fmt: skip
-        assert intruder.returncode != 0
-        # without any key (Flower's self-registration) -> refused as well, authentication being on
-        anonymous = subprocess.run(
-            [str(Path(sys.executable).parent / "flower-supernode"), "--superlink", f"127.0.0.1:{pids['port']}",
-             "--root-certificates", str(certs / "ca.pem"), "--port", "0", "--max-retries", "0"],
-            capture_output=True, text=True, timeout=120, env={**os.environ, "FLWR_TELEMETRY_ENABLED": "0"},
-        )  # fmt: skip
-        assert anonymous.returncode != 0
+        env = flower_env(run_path / "deploy" / "flwr_home")
+        base = [str(Path(sys.executable).parent / "flower-supernode"), "--superlink", f"127.0.0.1:{pids['port']}",
+                "--root-certificates", str(run_path / "deploy" / "certs" / "ca.pem"), "--isolation", "process",
+                "--max-retries", "1"]  # fmt: skip
+        for extra, why in (
+            (["--auth-supernode-private-key", str(intruder_key)], "Failed to activate SuperNode"),
+            ([], "SuperNode authentication is enabled. All SuperNodes must be registered"),
+        ):
+            intruder = subprocess.run(
+                [*base, "--port", str(free_port()), *extra], capture_output=True, text=True, timeout=120, env=env
+            )
+            assert intruder.returncode != 0 and why in intruder.stdout + intruder.stderr
+        nodes = flwr_cli(["supernode", "list", "fedpeft"], env)["nodes"]
+        assert len(nodes) == 3  # the three registered nodes, nobody else
 
         # kill node 1 (SuperNode and worker) in the middle of a round
         done = _rounds_done(run_path)
