@@ -377,3 +377,61 @@ def test_cli_deploy_certs_and_refusals(tmp_path: Path, capsys: pytest.CaptureFix
         main(["deploy", "submit", "recipes/deploy_sst2.toml"])  # --superlink missing
     assert main(["deploy", "submit", "recipes/deploy_sst2.toml", "--superlink", "127.0.0.1:9"]) == 2
     assert "deploy.certs" in capsys.readouterr().err
+
+
+def test_multi_machine_commands_on_loopback(tmp_path: Path) -> None:
+    """`deploy certs`, `deploy superlink`, two `deploy node` and `deploy submit`, as on separate machines (here all
+    on loopback): the run completes, and SIGTERM stops each command with everything it started."""
+    from fedpeft.cli import main
+
+    certs, port = tmp_path / "certs", free_port()
+    assert main(["deploy", "certs", str(certs), "--nodes", "2"]) == 0
+    cli = [sys.executable, "-m", "fedpeft.cli", "deploy"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    logs = {name: tmp_path / f"{name}.out" for name in ("link", "node0", "node1")}
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    try:
+        with logs["link"].open("wb") as out:
+            procs["link"] = subprocess.Popen(
+                [*cli, "superlink", "--certs", str(certs), "--nodes", "2", "--host", "127.0.0.1", "--port", str(port),
+                 "--workdir", str(tmp_path / "link")], stdout=out, stderr=subprocess.STDOUT, env=env,
+            )  # fmt: skip
+        _wait_for(lambda: "SuperLink listening" in logs["link"].read_text(), 180, "the SuperLink")
+        assert "registered SuperNode 1" in logs["link"].read_text()
+        for i in range(2):
+            with logs[f"node{i}"].open("wb") as out:
+                procs[f"node{i}"] = subprocess.Popen(
+                    [*cli, "node", "--partition-id", str(i), "--num-partitions", "2", "--superlink",
+                     f"127.0.0.1:{port}", "--certs", str(certs), "--port", str(free_port()), "--workdir",
+                     str(tmp_path / f"node{i}")], stdout=out, stderr=subprocess.STDOUT, env=env,
+                )  # fmt: skip
+        cfg = tmp_path / "job.toml"
+        cfg.write_text(
+            f'name = "mm"\nseed = 1\noutput_dir = "{tmp_path / "runs"}"\n[model]\nname = "tiny-small"\n'
+            '[data]\ndataset = "sst2"\nmax_length = 48\ntrain_limit = 160\neval_limit = 32\n'
+            '[adapter]\nmethod = "lora"\nr = 2\ntarget_modules = ["q_proj"]\n[train]\nsteps = 1\nbatch_size = 8\n'
+            "[federation]\nrounds = 2\nnum_clients = 2\n"
+        )
+        assert main(["deploy", "submit", str(cfg), "--superlink", f"127.0.0.1:{port}", "--certs", str(certs),
+                     "--quiet"]) == 0  # fmt: skip
+        run_path = next((tmp_path / "runs").glob("mm-*"))
+        summary = json.loads((run_path / "summary.json").read_text())
+        assert summary["runtime"] == "deploy" and summary["rounds"] == 2 and summary["bytes_up"] > 0
+        trained = [e for e in _events(run_path) if e["event"] == "client_train"]
+        assert sorted((e["round"], e["client"]) for e in trained) == [(1, 0), (1, 1), (2, 0), (2, 1)]
+    finally:
+        for proc in procs.values():
+            proc.send_signal(signal.SIGTERM)
+        codes = {}
+        for name, proc in procs.items():
+            try:
+                codes[name] = proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                codes[name] = None
+        time.sleep(1.0)
+        leftovers = _processes_mentioning(str(tmp_path))
+        for pid in leftovers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    assert codes == {"link": 0, "node0": 0, "node1": 0} and not leftovers
