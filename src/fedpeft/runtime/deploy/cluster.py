@@ -374,6 +374,7 @@ class LocalCluster:
             None if self.certs is None else (self.certs.node_key(i), self.certs.node_pub(i)) for i in range(num_nodes)
         ]
         self.node_ids: list[int | None] = [None] * num_nodes
+        self.registered: list[int | None] = []  # every node id this cluster ever registered
         self.restarts = [0] * num_nodes
 
     # ------------------------------------------------------------------ start / stop
@@ -403,6 +404,8 @@ class LocalCluster:
         keys = self.node_keys[i]
         if keys is not None:
             self.node_ids[i] = register_node(keys[1], i, self.env)
+            self.registered.append(self.node_ids[i])
+            self._save_pids()
 
     def _start_supernode(self, i: int) -> None:
         keys = self.node_keys[i]
@@ -471,6 +474,7 @@ class LocalCluster:
             "socket_dir": str(self.socket_dir),
             "port": self.port,
             "restarts": self.restarts,
+            "registered": self.registered,
         }
         atomic_write_text(self.workdir / "pids.json", json.dumps(pids, indent=2) + "\n")
 
