@@ -178,8 +178,10 @@ def _serve_executor(address: str, app: Any, message_log: Path | None, poll: floa
         except Exception:
             print(f"fedpeft worker: task failed:\n{traceback.format_exc()}", file=sys.stderr, flush=True)
         finally:
-            push_task_output(task, context, status, details)
+            # The heartbeat stops before the task output is pushed: pushing it ends the task and revokes its token,
+            # and a heartbeat sent after that gets a 401, on which Flower's HTTP client signals its own process.
             heartbeat.stop()
+            push_task_output(task, context, status, details)
             task.close()
 
 
@@ -195,6 +197,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # the supervisor's stop unwinds the serve loop
+    # Flower's HTTP client sends SIGINT to its own process on any 401 (meant to end a task process whose token
+    # expired); in this long-lived worker that must fail the one request, not the node. Stops use SIGTERM.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     from fedpeft.runtime.flower import client_app
 
     client_app.ROLE.partition, client_app.ROLE.threads = args.partition_id, args.threads
