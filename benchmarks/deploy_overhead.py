@@ -12,15 +12,30 @@ same work through that runtime adds per round; the target of the deployment issu
 - ``deploy-stock``: stock Flower nodes (``flower-supernode``, one ``flwr-clientapp`` process per message, whose
   ClientApp forwards the message to the same persistent worker so that the model is still built once).
 
+Two workloads, both measured every time:
+
+- ``compute``: 3 clients x ``--steps`` local steps of batch 16, server evaluation on 100 SST-2 dev phrases every
+  round. Its overheads mix the runtime's latency with how each runtime spreads the compute over the two cores
+  (``local``: clients one after another with 2 torch threads; ``flower-sim``: 2 Ray workers; ``deploy``: 3 node
+  workers with 1 thread each, beside the SuperLink, SuperNodes and ServerApp);
+- ``latency``: the same job with 1 local step of batch 1 and server evaluation only at the last round, so that a
+  round is almost nothing but delivery: the runtime's own per-round cost, free of how compute is scheduled.
+
 Start-up (cluster start, model builds) is reported separately: ``wall_s`` of the summary minus the rounds.
 
-Run: ``python benchmarks/deploy_overhead.py [--rounds 6] [--steps 3] [--out benchmarks/results/deploy_overhead.json]``
+The overheads are differences of a few tenths of a second between medians of ~1-3 s rounds, on a machine whose
+load drifts; each setting therefore runs ``--repeats`` times, in alternating order (local, flower-sim, deploy, ...
+then the reverse), and its median is taken over the rounds of all its runs pooled.
+
+Run: ``python benchmarks/deploy_overhead.py [--rounds 8] [--steps 3] [--repeats 3]
+[--out benchmarks/results/deploy_overhead.json]``
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -39,7 +54,13 @@ SETTINGS: dict[str, dict[str, Any]] = {
 }
 
 
-def job(out: Path, rounds: int, steps: int, setting: dict[str, Any]) -> RunConfig:
+#: workload -> (local steps, batch size, server eval every N rounds)
+WORKLOADS: dict[str, tuple[int | None, int, int]] = {"compute": (None, 16, 1), "latency": (1, 1, 10_000)}
+
+
+def job(
+    out: Path, rounds: int, steps: int, setting: dict[str, Any], batch_size: int = 16, eval_every: int = 1
+) -> RunConfig:
     return from_dict(
         RunConfig,
         {
@@ -49,17 +70,20 @@ def job(out: Path, rounds: int, steps: int, setting: dict[str, Any]) -> RunConfi
             "model": {"name": "tiny-small"},
             "data": {"dataset": "sst2", "max_length": 64, "train_limit": 600, "eval_limit": 100},
             "adapter": {"method": "lora", "r": 8},
-            "train": {"steps": steps, "batch_size": 16, "lr": 4e-3},
-            "federation": {"rounds": rounds, "num_clients": 3},
+            "train": {"steps": steps, "batch_size": batch_size, "lr": 4e-3},
+            "federation": {"rounds": rounds, "num_clients": 3, "eval_every": eval_every},
             "deploy": setting.get("deploy", {}),
         },
     )
 
 
-def measure(name: str, rounds: int, steps: int, root: Path) -> dict[str, Any]:
+def measure(name: str, workload: str, rounds: int, steps: int, root: Path) -> dict[str, Any]:
+    """One run of setting ``name`` on ``workload``: its round times (round 1 included; the caller drops it)."""
     setting = SETTINGS[name]
+    wl_steps, batch_size, eval_every = WORKLOADS[workload]
+    cfg = job(root, rounds, wl_steps or steps, setting, batch_size, eval_every)
     t0 = time.perf_counter()
-    run = run_federated(job(root / name, rounds, steps, setting), runtime=setting["runtime"], quiet=True)
+    run = run_federated(cfg, runtime=setting["runtime"], quiet=True)
     total = time.perf_counter() - t0
     events = [json.loads(x) for x in (run.path / "metrics.jsonl").read_text().splitlines()]
     per_round = [float(e["seconds"]) for e in events if e["event"] == "round"]
@@ -67,32 +91,30 @@ def measure(name: str, rounds: int, steps: int, root: Path) -> dict[str, Any]:
     summary = json.loads((run.path / "summary.json").read_text())
     return {
         "round_seconds": per_round,
-        "median_round_s": statistics.median(per_round[1:]),
-        "client_train_s_mean": statistics.mean(client_s) if client_s else None,
-        "total_s": round(total, 2),
+        "client_train_s": client_s,
         "startup_s": round(total - sum(per_round), 2),
         "final": summary["final"],
         "bytes_up": summary["bytes_up"],
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=6)
-    parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/deploy_overhead.json"))
-    args = parser.parse_args(argv)
-    if "local" not in args.settings:
-        parser.error("the overheads are measured against local: keep it in --settings")
+def pool(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One setting's runs summarised: median over every run's rounds 2.. pooled, and the runs themselves."""
+    rounds = [s for r in runs for s in r["round_seconds"][1:]]
+    client_s = [s for r in runs for s in r["client_train_s"]]
+    return {
+        "median_round_s": round(statistics.median(rounds), 3),
+        "run_medians_s": [round(statistics.median(r["round_seconds"][1:]), 3) for r in runs],
+        "client_train_s_mean": round(statistics.mean(client_s), 3) if client_s else None,
+        "startup_s": round(statistics.median(r["startup_s"] for r in runs), 2),
+        "final": runs[0]["final"],
+        "bytes_up": runs[0]["bytes_up"],
+        "runs": runs,
+    }
 
-    results: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory(prefix="fpdo-") as tmp:
-        for name in args.settings:
-            print(f"[{name}] running {args.rounds} rounds ...", flush=True)
-            results[name] = measure(name, args.rounds, args.steps, Path(tmp))
-            print(f"[{name}] median round {results[name]['median_round_s']:.2f} s, "
-                  f"start-up {results[name]['startup_s']:.1f} s", flush=True)  # fmt: skip
+
+def summarise(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Overheads against ``local`` and the deploy settings' ratios to flower-sim's overhead."""
     base = results["local"]["median_round_s"]
     for r in results.values():
         r["overhead_s"] = round(r["median_round_s"] - base, 3)
@@ -100,14 +122,49 @@ def main(argv: list[str] | None = None) -> int:
     ratios = {}
     for name in ("deploy", "deploy-stock"):
         if name in results and sim is not None:
-            # flower-sim can be faster than local (two workers in parallel): floor its overhead at 0.1 s per round
-            ratios[f"{name}_over_flower_sim"] = round(results[name]["overhead_s"] / max(sim, 0.1), 2)
-    report = {"rounds": args.rounds, "steps": args.steps, "clients": 3, "results": results, "ratios": ratios}
-    print(f"\n{'runtime':<14}{'median round s':>16}{'overhead s':>12}{'start-up s':>12}")
-    for name, r in results.items():
-        print(f"{name:<14}{r['median_round_s']:>16.2f}{r['overhead_s']:>12.2f}{r['startup_s']:>12.1f}")
-    for key, value in ratios.items():
-        print(f"{key}: {value}")
+            # flower-sim can be faster than local (two workers in parallel): floor its overhead at 0.05 s per round
+            ratios[f"{name}_over_flower_sim"] = round(results[name]["overhead_s"] / max(sim, 0.05), 2)
+    return {"results": results, "ratios": ratios}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3, help="runs per setting, in alternating order")
+    parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS))
+    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/deploy_overhead.json"))
+    args = parser.parse_args(argv)
+    if "local" not in args.settings:
+        parser.error("the overheads are measured against local: keep it in --settings")
+
+    report: dict[str, Any] = {
+        "rounds": args.rounds,
+        "steps": args.steps,
+        "repeats": args.repeats,
+        "clients": 3,
+        "cpu_count": os.cpu_count(),
+    }
+    with tempfile.TemporaryDirectory(prefix="fpdo-") as tmp:
+        for workload in args.workloads:
+            runs: dict[str, list[dict[str, Any]]] = {name: [] for name in args.settings}
+            for rep in range(args.repeats):
+                for name in args.settings if rep % 2 == 0 else args.settings[::-1]:
+                    tag = f"[{workload} {name} #{rep + 1}]"
+                    print(f"{tag} running {args.rounds} rounds ...", flush=True)
+                    run = measure(name, workload, args.rounds, args.steps, Path(tmp) / f"{workload}-{name}-{rep}")
+                    runs[name].append(run)
+                    print(f"{tag} median round {statistics.median(run['round_seconds'][1:]):.3f} s, "
+                          f"start-up {run['startup_s']:.1f} s", flush=True)  # fmt: skip
+            report[workload] = summarise({name: pool(r) for name, r in runs.items()})
+    for workload in args.workloads:
+        print(f"\n{workload}: {'runtime':<14}{'median round s':>16}{'overhead s':>12}{'start-up s':>12}  run medians")
+        for name, r in report[workload]["results"].items():
+            print(f"{workload}: {name:<14}{r['median_round_s']:>16.3f}{r['overhead_s']:>12.3f}{r['startup_s']:>12.1f}  "
+                  f"{r['run_medians_s']}")  # fmt: skip
+        for key, value in report[workload]["ratios"].items():
+            print(f"{workload}: {key}: {value}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(args.out)

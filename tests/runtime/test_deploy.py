@@ -303,7 +303,7 @@ def test_deploy_killed_node_rejoins_intruder_refused_data_stays_on_its_node(tmp_
         assert held and all(x.endswith(f"clients {{{i}: " + x.split(f"{{{i}: ")[1]) for x in held)
     received = {i: [json.loads(x) for x in (logs / f"messages-{i}.jsonl").read_text().splitlines()] for i in range(3)}
     for rnd in range(1, 13):
-        digests = {m["records"]["arrays"] for i in range(3) for m in received[i] if m["type"] == "train"
+        digests = {m["records"]["payload"] for i in range(3) for m in received[i] if m["type"] == "train"
                    and m["group"] == str(rnd)}  # fmt: skip
         assert len(digests) == 1
     state_sets = {i: [m for m in received[i] if m["type"] == "query.fedpeft_state_set"] for i in range(3)}
@@ -437,3 +437,34 @@ def test_multi_machine_commands_on_loopback(tmp_path: Path) -> None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
     assert codes == {"link": 0, "node0": 0, "node1": 0} and not leftovers
+
+
+def test_sigterm_to_a_deploy_run_stops_every_process_and_keeps_the_checkpoint(tmp_path: Path) -> None:
+    """`fedpeft run --runtime deploy` stopped with SIGTERM (a scheduler's or a benchmark's stop, not Ctrl-C) takes
+    its SuperLink, SuperNodes, workers and ServerApp down with it; the last checkpoint stays for --resume."""
+    cfg = tmp_path / "job.toml"
+    cfg.write_text(
+        f'name = "dep"\nseed = 1\noutput_dir = "{tmp_path / "runs"}"\n[model]\nname = "tiny-small"\n'
+        '[data]\ndataset = "sst2"\nmax_length = 48\ntrain_limit = 160\neval_limit = 32\n'
+        '[adapter]\nmethod = "lora"\nr = 2\ntarget_modules = ["q_proj"]\n[train]\nsteps = 1\nbatch_size = 8\n'
+        "[federation]\nrounds = 50\nnum_clients = 2\n"
+    )
+    out = tmp_path / "run.out"
+    with out.open("wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "fedpeft.cli", "run", str(cfg), "--runtime", "deploy",
+                                 "--quiet"], stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+        run_path: Path = _wait_for(lambda: _run_dir(tmp_path / "runs"), 60, "the run directory")
+        _wait_for(lambda: _rounds_done(run_path) >= 1 and (run_path / "checkpoint" / "state.pt").is_file(), 300,
+                  f"round 1; output:\n{out.read_text()[-2000:]}")  # fmt: skip
+        assert _processes_mentioning(str(run_path))  # the deployment is up
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        _sweep(tmp_path / "runs")
+    time.sleep(1.0)
+    assert code == 128 + signal.SIGTERM, out.read_text()[-2000:]
+    assert not _processes_mentioning(str(run_path))
+    assert (run_path / "checkpoint" / "state.pt").is_file() and not (run_path / "summary.json").exists()

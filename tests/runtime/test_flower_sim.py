@@ -90,6 +90,22 @@ def test_packet_round_trips_through_flower_records() -> None:
     assert all(torch.equal(decoded[k], direct[k]) and decoded[k].dtype == torch.float32 for k in state)
 
 
+def test_a_message_is_four_flower_objects_whatever_the_payload() -> None:
+    """Flower moves every object of a message (Message, RecordDict, each record, each array) with a request of its
+    own per hop; a 28-tensor LoRA packet must travel as 4 objects, not one per tensor or per record."""
+    from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
+
+    g = torch.Generator().manual_seed(0)
+    state = {f"layers.{i}.proj.lora_{ab}.weight": torch.randn(8, 16, generator=g) for i in range(14) for ab in "AB"}
+    wire = encode_state(state, "fp16")
+    packet = Packet("train", wire, {"round": 2, "lr": 1e-3}, {"num_examples": 5, "loss": 0.5})
+    content = packet_to_records(packet, extra={"run_config": "x = 1\n"})
+    assert len(get_all_nested_objects(content)) == 3  # + the Message itself
+    back = records_to_packet(content)
+    assert all(torch.equal(back.wire.tensors[k], t) for k, t in wire.tensors.items())
+    assert (back.config, back.metrics) == (packet.config, packet.metrics)
+
+
 def test_records_reject_what_flower_cannot_carry() -> None:
     wire = encode_state({"w": torch.zeros(2)}, "none")
     with pytest.raises(TypeError, match="'bad'"):

@@ -240,8 +240,8 @@ def _tail(path: Path, n: int = 3000) -> str:
         return "(no log)"
 
 
-def descendants(pid: int) -> list[int]:
-    """Every live descendant of ``pid`` (Linux /proc; empty elsewhere)."""
+def child_map() -> dict[int, list[int]]:
+    """{parent pid: child pids} of every live process (Linux /proc; empty elsewhere): one scan of /proc."""
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").glob("[0-9]*"):
         try:
@@ -250,6 +250,12 @@ def descendants(pid: int) -> list[int]:
         except (OSError, ValueError, IndexError):
             continue
         children.setdefault(ppid, []).append(int(entry.name))
+    return children
+
+
+def descendants(pid: int, children: dict[int, list[int]] | None = None) -> list[int]:
+    """Every live descendant of ``pid``, from ``children`` (a :func:`child_map`) or a fresh scan of /proc."""
+    children = child_map() if children is None else children
     out, todo = [], [pid]
     while todo:
         for child in children.get(todo.pop(), []):
@@ -291,9 +297,9 @@ class _Proc:
         # poll() also reaps an exited child: a zombie parent would keep Flower's parent monitors from firing.
         return self.popen is not None and self.popen.poll() is None
 
-    def remember_tree(self) -> None:
+    def remember_tree(self, children: dict[int, list[int]] | None = None) -> None:
         if self.pid is not None and self.alive():
-            self.tree.update(descendants(self.pid))
+            self.tree.update(descendants(self.pid, children))
 
     def signal(self, sig: int) -> None:
         if self.alive():
@@ -342,6 +348,8 @@ class LocalCluster:
         self.workdir = workdir.resolve()
         self.num_nodes, self.insecure, self.node_threads = num_nodes, insecure, node_threads
         self.fast, self.idle_poll = fast, idle_poll
+        #: the process table of the last :meth:`check` ({parent pid: child pids}), for :meth:`serverapp_pids`
+        self.children: dict[int, list[int]] | None = None
         self.port = port or free_port()
         self.certs: CertPaths | None = None
         if not insecure:
@@ -436,8 +444,9 @@ class LocalCluster:
 
     def stop(self, grace: float = 10.0) -> None:
         """SIGTERM nodes then the SuperLink; SIGKILL every process of their trees still alive after ``grace``."""
+        children = child_map()
         for proc in self.all_procs():
-            proc.remember_tree()
+            proc.remember_tree(children)
         for proc in [*self.supernodes, *self.workers]:
             proc.signal(signal.SIGTERM)
         self._wait_exit([*self.supernodes, *self.workers], grace)
@@ -488,8 +497,9 @@ class LocalCluster:
         error instead of waiting for the round's timeout), and registers a fresh key for the restarted node, which
         then joins as a new node and is greeted by the server before its next message.
         """
+        children = self.children = child_map()  # one scan of /proc per check, shared by every process
         for proc in self.all_procs():
-            proc.remember_tree()
+            proc.remember_tree(children)
         if not self.superlink.alive():
             raise DeploymentError(
                 f"the SuperLink exited (code {self._popen(self.superlink).returncode}); "
@@ -525,8 +535,8 @@ class LocalCluster:
             self._start_supernode(i)
             self._save_pids()
 
-    def serverapp_pids(self) -> list[int]:
-        """PIDs of the ServerApp processes the SuperLink is running now."""
+    def serverapp_pids(self, children: dict[int, list[int]] | None = None) -> list[int]:
+        """PIDs of the ServerApp processes the SuperLink is running (from ``children``, else a fresh scan)."""
         if self.superlink.pid is None:
             return []
-        return [p for p in descendants(self.superlink.pid) if "flwr-serverapp" in _cmdline(p)]
+        return [p for p in descendants(self.superlink.pid, children) if "flwr-serverapp" in _cmdline(p)]

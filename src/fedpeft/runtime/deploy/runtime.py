@@ -4,7 +4,7 @@
 directory exists: it starts a :class:`~fedpeft.runtime.deploy.cluster.LocalCluster` (SuperLink, one SuperNode and
 node worker per client; TLS and SuperNode authentication unless ``deploy.insecure``), submits the fedpeft app with
 ``flwr run`` naming the run directory, follows the run's ``metrics.jsonl`` for the progress bar, restarts nodes that
-die (they rejoin later rounds), and stops every process at the end, also on failure or Ctrl-C.
+die (they rejoin later rounds), and stops every process at the end, also on failure, Ctrl-C or SIGTERM.
 
 The run is over when the server program has written ``summary.json``. It failed when the server program wrote
 ``deploy/server_error.txt``, when its ServerApp process vanished without either, or when the SuperLink died; the
@@ -13,9 +13,13 @@ checkpoint of the last finished round stays, and ``fedpeft run --resume RUN_DIR`
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +78,26 @@ class _Progress:
         self.bar.close()
 
 
+@contextlib.contextmanager
+def _sigterm_unwinds() -> Iterator[None]:
+    """Turn SIGTERM into SystemExit while the cluster runs, so that ``finally: cluster.stop()`` still stops every
+    process it started (SIGTERM's default action would end this process and orphan the nodes). Main thread only:
+    elsewhere Python cannot set signal handlers, and the caller owns the signals."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def unwind(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the stop short
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, unwind)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run_deploy(session: Session) -> None:
     """Run the session's algorithm through Flower's deployment engine (the ``deploy`` runtime).
 
@@ -112,12 +136,13 @@ def run_deploy(session: Session) -> None:
         fast=dep.fast_nodes,
         idle_poll=dep.node_idle_poll,
     )
-    try:
-        cluster.start()
-        run_id = submit_run(cluster.app_dir, run_path, resume, cluster.env)
-        _follow(session, run_id, cluster.env, cluster)
-    finally:
-        cluster.stop()
+    with _sigterm_unwinds():
+        try:
+            cluster.start()
+            run_id = submit_run(cluster.app_dir, run_path, resume, cluster.env)
+            _follow(session, run_id, cluster.env, cluster)
+        finally:
+            cluster.stop()
 
 
 def _follow(session: Session, run_id: int, env: dict[str, str], cluster: LocalCluster | None) -> None:
@@ -149,7 +174,7 @@ def _follow(session: Session, run_id: int, env: dict[str, str], cluster: LocalCl
                     cluster.check(session.cfg.deploy.restart_nodes)
                 except DeploymentError as exc:
                     raise DeploymentError(f"{exc}\n{resume_hint}") from None
-                running = bool(cluster.serverapp_pids())
+                running = bool(cluster.serverapp_pids(cluster.children))
                 seen_server = seen_server or running
                 if seen_server and not running and not finished():  # the ServerApp process vanished: killed
                     failed_without_trace(f"the ServerApp of Flower run {run_id} died")

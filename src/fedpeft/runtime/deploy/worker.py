@@ -38,7 +38,8 @@ __all__ = ["main", "record_digests"]
 
 
 def record_digests(content: Any) -> dict[str, str]:
-    """SHA-256 of every array record in a RecordDict (keys, dtypes, shapes and bytes), by record name."""
+    """SHA-256 of every array and config record in a RecordDict (keys, dtypes, shapes and bytes of arrays; keys
+    and values of config entries), by record name."""
     out: dict[str, str] = {}
     for name, record in content.array_records.items():
         h = hashlib.sha256()
@@ -47,6 +48,12 @@ def record_digests(content: Any) -> dict[str, str]:
             h.update(str(array.dtype).encode())
             h.update(str(tuple(array.shape)).encode())
             h.update(array.data)
+        out[name] = h.hexdigest()
+    for name, record in content.config_records.items():
+        h = hashlib.sha256()
+        for key, value in sorted(record.items()):
+            h.update(key.encode())
+            h.update(value if isinstance(value, bytes) else repr(value).encode())
         out[name] = h.hexdigest()
     return out
 

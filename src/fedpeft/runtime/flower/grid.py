@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid as FlowerGridAPI
 
 from fedpeft.algorithms import get_algorithm
@@ -220,7 +220,7 @@ class FlowerGrid:
         ordered = sorted(messages, key=lambda m: m[0])
         self._check_ids(cid for cid, _ in ordered)
         down = downlink_compressor(self.cfg.comm)
-        encoded: dict[int, tuple[WireState, ArrayRecord]] = {}  # one encoding (and one ArrayRecord) per arrays object
+        encoded: dict[int, tuple[WireState, ConfigRecord]] = {}  # one encoding + record per arrays
         waves: list[list[tuple[int, int]]] = []  # (position in ordered, client id)
         seen: dict[int, int] = {}
         for pos, (cid, msg) in enumerate(ordered):
@@ -257,7 +257,7 @@ class FlowerGrid:
                     continue
                 wire, record = encoded[id(msg.arrays)]
                 content = packet_to_records(
-                    Packet(msg.action, wire, dict(msg.config)), extra={CONFIG_KEY: self.config_text}, arrays=record
+                    Packet(msg.action, wire, dict(msg.config)), extra={CONFIG_KEY: self.config_text}, payload=record
                 )
                 out.append(self._message(self.nodes[cid], msg.action, content, round, left))
             got = self._exchange(out, left)

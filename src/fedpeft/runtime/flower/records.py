@@ -1,15 +1,20 @@
 """Conversion between fedpeft's wire objects and Flower records, in both directions.
 
-A :class:`~fedpeft.comm.transport.Packet` becomes a ``RecordDict`` of four records:
+A :class:`~fedpeft.comm.transport.Packet` becomes a ``RecordDict`` of two :class:`ConfigRecord`:
 
-- ``"arrays"`` (:class:`ArrayRecord`): the encoded payload tensors (:attr:`WireState.tensors`, keys in order). The
-  codec already bit-casts bf16 to int16, so nothing here has to deal with dtypes ArrayRecord refuses.
-- ``"header"`` (:class:`ConfigRecord`): the fedpeft action (the Flower message type is copied from the instruction
-  into the reply, so the reply's own action has to travel here), the wire metadata as a JSON string (nested dicts
-  are not allowed in a ConfigRecord), plus runtime extras such as the run config TOML.
-- ``"config"`` (:class:`ConfigRecord`): the message's config scalars, in a record of their own so that user keys
-  can never collide with header keys.
-- ``"metrics"`` (:class:`MetricRecord`): the numbers reported back.
+- ``"payload"``: the encoded payload tensors (:attr:`WireState.tensors`) packed into one ``bytes`` value, with
+  their layout (keys in order, dtypes, shapes, offsets) as a JSON string. Kept apart from the header so that the
+  server can serialise one broadcast payload once and put the same record into every client's message.
+- ``"header"``: the fedpeft action (the Flower message type is copied from the instruction into the reply, so the
+  reply's own action has to travel here), the wire metadata as a JSON string (nested dicts are not allowed in a
+  ConfigRecord), the message's config scalars under ``config/<key>`` and its metrics under ``metric/<key>`` (so
+  that user keys can never collide with header keys), plus runtime extras such as the run config TOML.
+
+Why so few records, and no ArrayRecord: Flower moves every record and every array as an object of its own, one
+request per object per hop (ServerApp -> SuperLink -> SuperNode -> ClientApp and back, each signed and checked in
+deployment). With one record each for arrays, config and metrics and an array per tensor, a LoRA message was
+~100 objects; packed, a message is 4 (Message, RecordDict, two records), which is what the deployment's
+per-round latency is made of (docs/results.md).
 
 A client's persistent state (``ClientContext.state``: tensors and scalars) maps onto two records kept in Flower's
 ``context.state``: tensors in an ArrayRecord (bf16 bit-cast to int16, tagged) and scalars in a ConfigRecord.
@@ -22,16 +27,14 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 
 from fedpeft.comm.codec import WireState
 from fedpeft.comm.transport import Packet
 
 __all__ = [
-    "ARRAYS",
-    "CONFIG",
     "HEADER",
-    "METRICS",
+    "PAYLOAD",
     "packet_to_records",
     "read_header",
     "records_to_packet",
@@ -41,11 +44,12 @@ __all__ = [
     "wire_to_records",
 ]
 
-ARRAYS, HEADER, CONFIG, METRICS = "arrays", "header", "config", "metrics"
+PAYLOAD, HEADER = "payload", "header"
 _ACTION, _META = "action", "wire_meta"
-#: header keys the conversion owns; extras must not use them
+_CONFIG, _METRIC = "config/", "metric/"  # key prefixes of the message's config and metrics in the header
+#: header keys the conversion owns; extras must not use them (nor start with the two prefixes)
 RESERVED_HEADER_KEYS = frozenset({_ACTION, _META})
-#: the two arrays of a packed payload record (wire_to_records)
+#: the two values of a payload record (wire_to_records)
 _BLOB, _LAYOUT = "blob", "layout"
 #: key of the ConfigRecord scalar (in the state's scalar record) listing state tensors stored bit-cast from bf16
 _BF16_TAG = "__fedpeft_bf16__"
@@ -53,63 +57,62 @@ _BF16_TAG = "__fedpeft_bf16__"
 HeaderValue = int | float | str | bool
 
 
-def wire_to_records(wire: WireState) -> ArrayRecord:
-    """The payload tensors of ``wire`` as an :class:`ArrayRecord` of two arrays: every tensor's bytes in one
-    ``uint8`` blob, and the layout (keys in order, dtypes, shapes, offsets) as JSON bytes.
+def wire_to_records(wire: WireState) -> ConfigRecord:
+    """The payload tensors of ``wire`` as one :class:`ConfigRecord`: every tensor's bytes in one ``bytes`` value,
+    and the layout (keys in order, dtypes, shapes, offsets) as a JSON string.
 
-    One blob instead of one array per tensor: Flower sends every array as its own object (one HTTP request each
-    way, signed and checked, in deployment), so a LoRA of 100 tensors would cost 100 requests per message.
     Separate from :func:`packet_to_records` so that the server can serialise one broadcast payload once and put
     the same record into every client's message.
     """
     bad = {k: t.dtype for k, t in wire.tensors.items() if t.dtype == torch.bfloat16}
     if bad:  # the codec bit-casts bf16; a bf16 payload here means a WireState was built by hand
-        raise TypeError(f"wire tensors must not be bf16 (ArrayRecord refuses it): {sorted(bad)}")
+        raise TypeError(f"wire tensors must not be bf16 (the codec bit-casts them): {sorted(bad)}")
     layout, chunks, offset = [], [], 0
     for key, tensor in wire.tensors.items():
         raw = tensor.detach().contiguous().reshape(-1).view(torch.uint8)  # [nbytes]
         layout.append([key, str(tensor.dtype).removeprefix("torch."), list(tensor.shape), offset, raw.numel()])
         chunks.append(raw)
         offset += raw.numel()
-    blob = torch.cat(chunks) if chunks else torch.zeros(0, dtype=torch.uint8)
-    meta = torch.frombuffer(bytearray(json.dumps(layout).encode()), dtype=torch.uint8)
-    return ArrayRecord.from_torch_state_dict({_BLOB: blob, _LAYOUT: meta})
+    blob = torch.cat(chunks).numpy().tobytes() if chunks else b""
+    return ConfigRecord({_BLOB: blob, _LAYOUT: json.dumps(layout)})
 
 
-def records_to_wire(arrays: ArrayRecord, meta: Mapping[str, Any]) -> WireState:
+def records_to_wire(payload: ConfigRecord, meta: Mapping[str, Any]) -> WireState:
     """Inverse of :func:`wire_to_records`: a :class:`WireState` from the payload record and its metadata."""
-    packed = arrays.to_torch_state_dict()
-    blob = packed[_BLOB]
+    blob = payload[_BLOB]
+    if not isinstance(blob, bytes):
+        raise ValueError(f"payload blob is {type(blob).__name__}; expected bytes")
+    buffer = torch.frombuffer(bytearray(blob), dtype=torch.uint8) if blob else torch.zeros(0, dtype=torch.uint8)
     tensors: dict[str, torch.Tensor] = {}
-    for key, dtype, shape, offset, nbytes in json.loads(bytes(packed[_LAYOUT].tolist()).decode()):
+    for key, dtype, shape, offset, nbytes in json.loads(str(payload[_LAYOUT])):
         # clone: a view of the blob at an odd offset could not be reinterpreted as a wider dtype
-        tensors[key] = blob[offset : offset + nbytes].clone().view(getattr(torch, dtype)).reshape(shape)
+        tensors[key] = buffer[offset : offset + nbytes].clone().view(getattr(torch, dtype)).reshape(shape)
     return WireState(tensors, dict(meta))
 
 
+def _check_values(values: Mapping[str, Any], what: str) -> None:
+    """Raise a TypeError naming the keys whose values a ConfigRecord cannot hold (Flower's only names the type)."""
+    allowed = (int, float, str, bytes, bool)
+    bad = {
+        k: type(v).__name__
+        for k, v in values.items()
+        if not (isinstance(v, allowed) or (isinstance(v, list) and all(isinstance(x, allowed) for x in v)))
+    }
+    if bad:
+        raise TypeError(f"{what} values must be int, float, str, bytes, bool or lists of them; got {bad}")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def _config_record(values: Mapping[str, Any], what: str) -> ConfigRecord:
-    try:
-        return ConfigRecord(dict(values))
-    except TypeError as exc:  # name the offending keys: Flower's message only names the type
-        allowed = (int, float, str, bytes, bool)
-        bad = {
-            k: type(v).__name__
-            for k, v in values.items()
-            if not (isinstance(v, allowed) or (isinstance(v, list) and all(isinstance(x, allowed) for x in v)))
-        }
-        raise TypeError(f"{what} values must be int, float, str, bytes, bool or lists of them; got {bad}") from exc
-
-
-def _metric_record(values: Mapping[str, Any]) -> MetricRecord:
-    try:
-        return MetricRecord(dict(values))
-    except TypeError as exc:
-        bad = {k: type(v).__name__ for k, v in values.items() if isinstance(v, bool) or not isinstance(v, int | float)}
-        raise TypeError(f"metrics must be int or float; got {bad}") from exc
+    _check_values(values, what)
+    return ConfigRecord(dict(values))
 
 
 def packet_to_records(
-    packet: Packet, *, extra: Mapping[str, HeaderValue] | None = None, arrays: ArrayRecord | None = None
+    packet: Packet, *, extra: Mapping[str, HeaderValue] | None = None, payload: ConfigRecord | None = None
 ) -> RecordDict:
     """Pack ``packet`` into a Flower ``RecordDict``.
 
@@ -119,34 +122,40 @@ def packet_to_records(
         Action, encoded arrays, config and metrics of one message.
     extra : Mapping[str, int | float | str | bool], optional
         Additional header entries (e.g. the run config TOML); read back with :func:`read_header`.
-    arrays : ArrayRecord, optional
+    payload : ConfigRecord, optional
         ``wire_to_records(packet.wire)`` when the caller already has it (one broadcast, many messages).
 
     Returns
     -------
     RecordDict
-        With the records ``arrays``, ``header``, ``config`` and ``metrics``.
+        With the records ``payload`` and ``header``.
 
     Raises
     ------
     TypeError
-        A config value, metric or extra that Flower's records cannot hold (e.g. ``None``, a dict).
+        A config value, metric or extra that Flower's records cannot hold (e.g. ``None``, a dict, a string metric).
     ValueError
         ``extra`` uses a reserved header key.
     """
     extra = dict(extra or {})
-    clash = RESERVED_HEADER_KEYS & extra.keys()
+    clash = [k for k in extra if k in RESERVED_HEADER_KEYS or k.startswith((_CONFIG, _METRIC))]
     if clash:
         raise ValueError(f"header keys {sorted(clash)} are reserved")
-    header = _config_record({_ACTION: packet.action, _META: json.dumps(packet.wire.meta), **extra}, "header")
-    return RecordDict(
+    _check_values(packet.config, "message config")
+    bad = {k: type(v).__name__ for k, v in packet.metrics.items() if not _is_number(v)}
+    if bad:
+        raise TypeError(f"metrics must be int or float; got {bad}")
+    header = _config_record(
         {
-            ARRAYS: arrays if arrays is not None else wire_to_records(packet.wire),
-            HEADER: header,
-            CONFIG: _config_record(packet.config, "message config"),
-            METRICS: _metric_record(packet.metrics),
-        }
+            _ACTION: packet.action,
+            _META: json.dumps(packet.wire.meta),
+            **{_CONFIG + k: v for k, v in packet.config.items()},
+            **{_METRIC + k: v for k, v in packet.metrics.items()},
+            **extra,
+        },
+        "header",
     )
+    return RecordDict({PAYLOAD: payload if payload is not None else wire_to_records(packet.wire), HEADER: header})
 
 
 def records_to_packet(content: RecordDict) -> Packet:
@@ -155,19 +164,23 @@ def records_to_packet(content: RecordDict) -> Packet:
     Raises
     ------
     ValueError
-        ``content`` lacks one of the four records (it was not made by :func:`packet_to_records`).
+        ``content`` lacks one of the two records (it was not made by :func:`packet_to_records`).
     """
-    missing = [k for k in (ARRAYS, HEADER, CONFIG, METRICS) if k not in content]
+    missing = [k for k in (PAYLOAD, HEADER) if k not in content.config_records]
     if missing:
         raise ValueError(f"message content lacks the record(s) {missing}; it was not sent by fedpeft")
     header = content.config_records[HEADER]
-    wire = records_to_wire(content.array_records[ARRAYS], json.loads(str(header[_META])))
+    wire = records_to_wire(content.config_records[PAYLOAD], json.loads(str(header[_META])))
+    config: dict[str, Any] = {}
     metrics: dict[str, float] = {}
-    for key, value in content.metric_records[METRICS].items():
-        if not isinstance(value, int | float):  # MetricRecord also allows lists; fedpeft metrics are numbers
-            raise ValueError(f"metric {key!r} is {type(value).__name__}; expected a number")
-        metrics[key] = value
-    return Packet(str(header[_ACTION]), wire, dict(content.config_records[CONFIG]), metrics)
+    for key, value in header.items():
+        if key.startswith(_CONFIG):
+            config[key.removeprefix(_CONFIG)] = value
+        elif key.startswith(_METRIC):
+            if not isinstance(value, int | float) or isinstance(value, bool):
+                raise ValueError(f"metric {key.removeprefix(_METRIC)!r} is {type(value).__name__}; expected a number")
+            metrics[key.removeprefix(_METRIC)] = value
+    return Packet(str(header[_ACTION]), wire, config, metrics)
 
 
 def read_header(content: RecordDict, key: str) -> Any:
