@@ -60,7 +60,7 @@ ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "d
 # and needs a lower one. Not tuned per row beyond this; override with --lr METHOD=VALUE.
 LR: dict[str, float] = {
     "named": 3e-4,  # full fine-tuning
-    "lora": 4e-3,  # as recipes/demo.toml and recipes/sst2_lora_tiny_small.toml (LoRA r=8, all linear layers)
+    "lora": 4e-3,  # the lr of recipes/demo.toml (LoRA r=8; here on the linear layers only, not the embedding)
     "ffa_lora": 4e-3,  # same as LoRA, for a like-for-like comparison (A frozen)
     "vera": 3e-2,
     "ia3": 3e-2,

@@ -25,7 +25,7 @@ import tomllib
 import torch
 
 from _machine import machine_info
-from fedpeft.config import JobConfig, RunConfig, from_dict
+from fedpeft.config import JobConfig, RunConfig, from_dict, parse_override
 from fedpeft.runtime import run_federated
 from fedpeft.training.centralized import run_centralized
 
@@ -74,6 +74,7 @@ def main() -> None:
     ap.add_argument("--output-dir", default=str(ROOT / "runs" / "bench"))
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "fltac_glue.json"))
     ap.add_argument("--resume-fltac", type=Path, help="continue (or reuse, if finished) this FL-TAC run directory")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe field")
     args = ap.parse_args()
     torch.set_num_threads(2)
 
@@ -85,9 +86,17 @@ def main() -> None:
     set_key(raw, "federation.client_eval_every", 0)
     if args.model:
         set_key(raw, "model.name", args.model)
+    for item in args.set:
+        keys, value = parse_override(item)
+        set_key(raw, ".".join(keys), value)
     tasks = [t.strip() for t in raw["data"]["dataset"].split("+")]
     result: dict[str, Any] = {"machine": machine_info(2), "recipe": str(RECIPE.relative_to(ROOT)), "tasks": tasks}
-    result["setting"] = {"rounds": args.rounds, "local_steps": args.steps, "model": raw["model"]["name"]}
+    result["setting"] = {
+        "rounds": args.rounds,
+        "local_steps": args.steps,
+        "model": raw["model"]["name"],
+        "set": args.set,
+    }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
 

@@ -75,3 +75,32 @@ def test_export_merge_refuses_adapters_that_add_computation(tmp_path, capsys):
     assert not (tmp_path / "m").exists() and not list(tmp_path.glob(".m.*"))  # nothing half-written left behind
     assert main(["export", str(run), "--out", str(tmp_path / "a")]) == 0  # the adapter itself exports fine
     assert (tmp_path / "a" / "adapter_config.json").is_file()
+
+
+def test_lora_on_the_tied_embedding_saves_small_adapters_and_merges_exactly(tmp_path, capsys):
+    """LoRA on ``embed_tokens`` of a tied-embedding model (the demo's adapter): saved adapters hold the LoRA factors
+    only, not peft's copy of the whole base embedding; the merged export computes what the adapter model computes
+    (folding the update into the shared matrix would also change the LM head)."""
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from fedpeft.models import load_model
+
+    recipe = write_recipe(tmp_path, adapter={"target_modules": ["embed_tokens", "q_proj"]}, train={"lr": 2e-2})
+    assert main(["run", str(recipe), "--quiet", "--set", "federation.rounds=1"]) == 0
+    run = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    saved = load_file(run / "adapter" / "adapter_model.safetensors")
+    assert any("lora_embedding_A" in k for k in saved) and not any(k.endswith("embed_tokens.weight") for k in saved)
+    assert sum(t.numel() for t in saved.values()) == 4 * (8192 + 128) + 4 * 4 * (128 + 128)  # r=4; q_proj in 4 layers
+
+    assert main(["export", str(run), "--merge", "--out", str(tmp_path / "merged")]) == 0
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged").eval()
+    adapted = PeftModel.from_pretrained(load_model("tiny-small"), str(run / "adapter")).eval()
+    base = load_model("tiny-small").eval()
+    ids = torch.tensor([[1, 17, 230, 45, 9, 300]])
+    with torch.no_grad():
+        want = adapted(ids).logits
+        assert (want - base(ids).logits).abs().max() > 1e-3  # the embedding update matters
+        torch.testing.assert_close(merged(ids).logits, want, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(merged.get_output_embeddings().weight, base.get_output_embeddings().weight)

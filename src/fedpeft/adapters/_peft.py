@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from typing import Any, ClassVar
 
 from torch import nn
@@ -87,7 +88,11 @@ class PeftBackedMethod(PeftMethod):
 
         peft_config = self.build_config(cfg, task_type=infer_task_type(model))
         try:
-            peft_model = get_peft_model(model, peft_config)
+            with warnings.catch_warnings():
+                # A LoRA on a tied input embedding changes the input lookup only, by design (the LM head stays the
+                # base's); fedpeft's merged export unties the two first, which is the complication peft warns of.
+                warnings.filterwarnings("ignore", message=r".*tie_word_embeddings=True.*ensure_weight_tying")
+                peft_model = get_peft_model(model, peft_config)
         except ValueError as exc:
             msg = str(exc)
             hint = f" Linear layers in this model: {', '.join(linear_module_names(model)) or 'none'}."

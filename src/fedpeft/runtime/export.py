@@ -85,6 +85,28 @@ def export_run(
 UNMERGEABLE = ("prompt_tuning", "prefix_tuning", "p_tuning", "bottleneck")
 
 
+def _untie_adapted_embeddings(model: Any) -> None:
+    """Give the LM head its own copy of a tied input embedding that the adapter changes, before merging.
+
+    With tied embeddings (the bundled models) a LoRA on ``embed_tokens`` changes only the input lookup; folding it
+    into the shared matrix would change the output projection too, so the merged model would not compute what the
+    adapter model computes. Untied first, the merged model does (the saved config says so, and both matrices are
+    saved).
+    """
+    import torch
+
+    base = model.get_base_model()
+    if not getattr(base.config, "tie_word_embeddings", False):
+        return
+    emb, head = base.get_input_embeddings(), base.get_output_embeddings()
+    if head is None or not any("lora_embedding" in name for name, _ in emb.named_parameters()):
+        return
+    head.weight = torch.nn.Parameter(head.weight.detach().clone(), requires_grad=False)
+    base.config.tie_word_embeddings = False
+    if hasattr(base.config, "get_text_config"):  # multimodal configs keep the flag on their text config
+        base.config.get_text_config().tie_word_embeddings = False
+
+
 def _merge(cfg: dict, adapter: Path, out: Path) -> None:
     from fedpeft.adapters import load_saved_adapter
     from fedpeft.adapters.export import read_saved_config
@@ -100,6 +122,7 @@ def _merge(cfg: dict, adapter: Path, out: Path) -> None:
     name = model_cfg.get("name", "tiny-small")
     model: Any = load_saved_adapter(load_model(name, model_cfg.get("dtype", "float32"), "cpu"), adapter)
     if hasattr(model, "merge_and_unload"):
+        _untie_adapted_embeddings(model)
         model = model.merge_and_unload()
     # Selective methods (BitFit, LayerNorm, last-k, named) trained base parameters in place: already merged.
     model.save_pretrained(out)
