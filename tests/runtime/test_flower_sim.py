@@ -118,6 +118,15 @@ def test_records_reject_what_flower_cannot_carry() -> None:
         records_to_packet(RecordDict())
 
 
+def test_a_payload_too_big_for_one_flower_object_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fedpeft.runtime.flower import records
+
+    monkeypatch.setattr(records, "MAX_PAYLOAD_BYTES", 32)  # the real cap is ~2 GiB: too big to allocate in a test
+    assert records.wire_to_records(encode_state({"w": torch.zeros(8)}, "none"))  # 32 bytes: at the cap, fine
+    with pytest.raises(ValueError, match="bytes is more than one Flower message can carry"):
+        records.wire_to_records(encode_state({"w": torch.zeros(9)}, "none"))
+
+
 def test_client_state_round_trips_including_bf16() -> None:
     state = {
         "ef/w": torch.randn(3, 2).to(torch.bfloat16),

@@ -56,6 +56,11 @@ _BF16_TAG = "__fedpeft_bf16__"
 
 HeaderValue = int | float | str | bool
 
+#: Largest packed payload: a Flower object travels in one gRPC message, capped at 2 GiB (``GRPC_MAX_MESSAGE_LENGTH``);
+#: 16 MiB are left for the rest of the message. PEFT adapters are far below it; full fine-tuning of a >0.5B model in
+#: fp32 is not.
+MAX_PAYLOAD_BYTES = 2**31 - 2**24
+
 
 def wire_to_records(wire: WireState) -> ConfigRecord:
     """The payload tensors of ``wire`` as one :class:`ConfigRecord`: every tensor's bytes in one ``bytes`` value,
@@ -63,6 +68,11 @@ def wire_to_records(wire: WireState) -> ConfigRecord:
 
     Separate from :func:`packet_to_records` so that the server can serialise one broadcast payload once and put
     the same record into every client's message.
+
+    Raises
+    ------
+    ValueError
+        The payload exceeds :data:`MAX_PAYLOAD_BYTES` (one Flower object cannot carry it).
     """
     bad = {k: t.dtype for k, t in wire.tensors.items() if t.dtype == torch.bfloat16}
     if bad:  # the codec bit-casts bf16; a bf16 payload here means a WireState was built by hand
@@ -73,6 +83,11 @@ def wire_to_records(wire: WireState) -> ConfigRecord:
         layout.append([key, str(tensor.dtype).removeprefix("torch."), list(tensor.shape), offset, raw.numel()])
         chunks.append(raw)
         offset += raw.numel()
+    if offset > MAX_PAYLOAD_BYTES:
+        raise ValueError(
+            f"a payload of {offset:,} bytes is more than one Flower message can carry ({MAX_PAYLOAD_BYTES:,}); "
+            "train a smaller adapter, compress the wire (comm.down / comm.up), or use the local runtime"
+        )
     blob = torch.cat(chunks).numpy().tobytes() if chunks else b""
     return ConfigRecord({_BLOB: blob, _LAYOUT: json.dumps(layout)})
 
