@@ -25,6 +25,7 @@ from fedpeft.comm.transport import Packet
 from fedpeft.config import RunConfig, from_dict
 from fedpeft.registry import ALGORITHMS
 from fedpeft.runtime import run_federated
+from fedpeft.runtime.deploy.grid import DeployGrid
 from fedpeft.runtime.flower import client_app as flower_client_module
 from fedpeft.runtime.flower import config_text
 from fedpeft.runtime.flower.grid import FlowerGrid
@@ -332,7 +333,7 @@ def test_flower_grid_dynamic_nodes_leave_and_rejoin(in_process: Any) -> None:
     from fedpeft.adapters import adapter_state
 
     fake = InProcessGrid(3)
-    grid = FlowerGrid(fake, cfg, text, dynamic_nodes=True, poll_interval=0.01)  # type: ignore[arg-type]
+    grid = DeployGrid(fake, cfg, text, poll_interval=0.01)  # type: ignore[arg-type]
     state = adapter_state(model)
     train = lambda rnd: [(c, Msg("train", state, {"round": rnd})) for c in range(3)]  # noqa: E731
     assert all(r.ok for r in grid.send_and_receive(train(1), round=1))

@@ -180,7 +180,16 @@ def _follow(session: Session, run_id: int, env: dict[str, str], cluster: LocalCl
                     failed_without_trace(f"the ServerApp of Flower run {run_id} died")
             if time.monotonic() - last_status > (15.0 if cluster is not None else 5.0):
                 last_status = time.monotonic()  # a slower, process-independent check of Flower's view
-                status = run_status(run_id, env)
+                try:
+                    status = run_status(run_id, env)
+                except DeploymentError as exc:
+                    # The SuperLink may have died since the check above; if our own SuperLink is still alive, the
+                    # query failed for another reason (a loaded machine) and the supervision above goes on.
+                    time.sleep(0.5)
+                    if cluster is not None and cluster.superlink.alive():
+                        continue
+                    why = "the SuperLink died" if cluster is not None else "the SuperLink cannot be reached"
+                    raise DeploymentError(f"{why}: {exc}\n{resume_hint}") from None
                 if status.startswith("finished:") and not finished():
                     failed_without_trace(f"Flower run {run_id} ended as {status!r}")
         progress.update()

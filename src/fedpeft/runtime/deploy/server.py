@@ -30,8 +30,8 @@ def serve(grid: Any, context: Any) -> None:
     run_path = Path(str(context.run_config[RUN_DIR_KEY]))
     try:
         from fedpeft.runtime.checkpoint import load_checkpoint
+        from fedpeft.runtime.deploy.grid import DeployGrid
         from fedpeft.runtime.flower import config_text
-        from fedpeft.runtime.flower.grid import FlowerGrid
         from fedpeft.runtime.run import Session
         from fedpeft.runtime.setup import ServerModel, build_federated_data, build_model
 
@@ -44,13 +44,8 @@ def serve(grid: Any, context: Any) -> None:
         data = build_federated_data(cfg, tokenizer)
         server = ServerModel(cfg, model, data.task, run_path)
         deploy = cfg.deploy
-        flower_grid = FlowerGrid(
-            grid,
-            cfg,
-            config_text(cfg),
-            connect_timeout=deploy.connect_timeout,
-            dynamic_nodes=True,
-            poll_interval=deploy.poll_interval,
+        flower_grid = DeployGrid(
+            grid, cfg, config_text(cfg), connect_timeout=deploy.connect_timeout, poll_interval=deploy.poll_interval
         )
         _bound_object_pulls(flower_grid)
         session.execute(flower_grid, server, data)

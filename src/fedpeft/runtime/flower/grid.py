@@ -4,7 +4,9 @@ It does on the server what :class:`~fedpeft.runtime.local.LocalGrid` does, with 
 messages: each distinct arrays object is encoded once with the downlink compressor, every message is counted in
 the byte ledger (down = encoded payload bytes, up = the reply's encoded payload bytes), replies come back as
 :class:`~fedpeft.algorithms.base.Reply` sorted by client id. The clients run
-:mod:`fedpeft.runtime.flower.client_app`.
+:mod:`fedpeft.runtime.flower.client_app`. Deployment, where nodes die and come back, subclasses it
+(:class:`fedpeft.runtime.deploy.grid.DeployGrid`) through four hooks: ``_on_connect``, ``_before_exchange``,
+``_offline`` and ``_state_when_unreachable``.
 """
 
 from __future__ import annotations
@@ -71,11 +73,6 @@ class FlowerGrid:
         builds each worker's model and data).
     control_timeout : float
         Seconds to wait for the client-state queries of checkpoints and resume.
-    dynamic_nodes : bool
-        Deployment mode: nodes may die and come back. Before each exchange the online nodes are listed; a client
-        whose node is offline fails at once (logged like any failure), and a node that is new or was re-activated
-        since it was last seen is greeted again (its partition id learnt, its worker warmed up) and given back its
-        client state from the last checkpoint. Off in simulation, where nodes never leave.
     poll_interval : float
         Seconds between two pulls for replies (Flower's own ``send_and_receive`` sleeps 3 s between pulls).
 
@@ -94,15 +91,11 @@ class FlowerGrid:
         *,
         connect_timeout: float = 600.0,
         control_timeout: float = 600.0,
-        dynamic_nodes: bool = False,
         poll_interval: float = 0.1,
     ) -> None:
         self.grid, self.cfg, self.config_text = grid, cfg, config_text
-        self.control_timeout, self.dynamic_nodes, self.poll_interval = control_timeout, dynamic_nodes, poll_interval
-        # node id -> its last activation time (dynamic mode), to notice a node that restarted since we greeted it
-        self._activated: dict[int, str] = {}
-        self._online: set[int] = set()
-        self._saved_states: dict[int, dict[str, Any]] = {}  # client states of the last checkpoint, for rejoins
+        self.control_timeout, self.poll_interval = control_timeout, poll_interval
+        self._saved_states: dict[int, dict[str, Any]] = {}  # client states of the last checkpoint
         #: monotonic deadline of the exchange in progress (None: no timeout); read by bounded object pulls
         self.deadline: float | None = None
         self.ledger = ByteLedger()
@@ -121,9 +114,7 @@ class FlowerGrid:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"only {len(node_ids)} of {self.num_clients} Flower nodes registered in {timeout}s")
             time.sleep(0.05)
-        if self.dynamic_nodes:
-            self._online = set(node_ids)
-            self._activated = {n.node_id: str(n.last_activated_at) for n in self.grid.get_nodes()}
+        self._on_connect(node_ids)
         mapping, failed = self._hello(node_ids, max(1.0, deadline - time.monotonic()))
         if failed:
             node, why = next(iter(failed.items()))
@@ -176,26 +167,20 @@ class FlowerGrid:
             time.sleep(self.poll_interval)
         return got
 
-    def _refresh_nodes(self) -> None:
-        """Dynamic mode: learn which nodes are online, greet the new or restarted ones and restore their state."""
-        infos = {n.node_id: str(n.last_activated_at) for n in self.grid.get_nodes()}
-        self._online = set(infos)
-        fresh = [node for node, at in infos.items() if self._activated.get(node) != at]
-        if not fresh:
-            return
-        mapping, _ = self._hello(fresh, self.control_timeout)  # a node that fails now is greeted again next time
-        for cid, node in mapping.items():
-            if not 0 <= cid < self.num_clients:
-                continue
-            self.nodes[cid] = node
-            saved = self._saved_states.get(cid)
-            if saved:  # the node lost its context.state with its process: give back the last checkpointed one
-                try:
-                    self._set_states({cid: saved})
-                except RuntimeError:  # not ready after all: treat it as offline and greet it again next time
-                    self._online.discard(node)
-                    continue
-            self._activated[node] = infos[node]
+    # ------------------------------------------------------------------ hooks (DeployGrid overrides them)
+    def _on_connect(self, node_ids: Sequence[int]) -> None:
+        """Called once the nodes have registered, before the hello. Simulation nodes never leave: nothing to do."""
+
+    def _before_exchange(self) -> None:
+        """Called before each exchange of :meth:`send_and_receive` and each checkpoint's state queries."""
+
+    def _offline(self, cid: int) -> str | None:
+        """Why client ``cid`` cannot be reached now (it fails at once with that text), or None."""
+        return None
+
+    def _state_when_unreachable(self, cid: int, why: str) -> dict[str, Any]:
+        """Client ``cid``'s state for a checkpoint when its node did not answer; here an error."""
+        raise RuntimeError(f"could not read the state of client {cid} for the checkpoint: {why}")
 
     def _check_ids(self, ids: Iterable[int]) -> None:
         for cid in ids:
@@ -234,8 +219,7 @@ class FlowerGrid:
 
         deadline = None if timeout is None else time.monotonic() + timeout
         results: dict[int, Message | str | None] = {}
-        if self.dynamic_nodes:
-            self._refresh_nodes()
+        self._before_exchange()
         for wave_items in waves:
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
@@ -252,8 +236,9 @@ class FlowerGrid:
                         f"it handles {self.client_app.actions}"
                     )
                     continue
-                if self.dynamic_nodes and self.nodes[cid] not in self._online:
-                    results[pos] = f"client {cid}: its node {self.nodes[cid]} is offline"
+                offline = self._offline(cid)
+                if offline is not None:
+                    results[pos] = offline
                     continue
                 wire, record = encoded[id(msg.arrays)]
                 content = packet_to_records(
@@ -303,25 +288,22 @@ class FlowerGrid:
             A node failed to return its state.
         """
         states: dict[int, dict[str, Any]] = {cid: {} for cid in self.client_ids()}
-        asked = sorted(self._stateful)
-        if self.dynamic_nodes:
-            self._refresh_nodes()
-            for cid in [c for c in asked if self.nodes[c] not in self._online]:
-                asked.remove(cid)
-                states[cid] = dict(self._saved_states.get(cid, {}))
+        self._before_exchange()
+        asked = []
+        for cid in sorted(self._stateful):
+            offline = self._offline(cid)
+            if offline is None:
+                asked.append(cid)
+            else:
+                states[cid] = self._state_when_unreachable(cid, offline)
         empty = RecordDict()
         ttl = self.control_timeout
         got = self._exchange([self._message(self.nodes[c], STATE_GET, empty, 0, ttl) for c in asked], ttl)
         for cid in asked:
             reply = got.get(self.nodes[cid])
-            if (reply is None or reply.has_error()) and self.dynamic_nodes:
-                # The node is gone (it failed this round, or died since): its state is what it was at the last
-                # checkpoint, which is also what it gets back when it rejoins.
-                states[cid] = dict(self._saved_states.get(cid, {}))
-                continue
             if reply is None or reply.has_error():
-                why = "no reply" if reply is None else _error_text(reply)
-                raise RuntimeError(f"could not read the state of client {cid} for the checkpoint: {why}")
+                states[cid] = self._state_when_unreachable(cid, "no reply" if reply is None else _error_text(reply))
+                continue
             states[cid] = records_to_state(
                 reply.content.array_records[STATE_TENSORS], reply.content.config_records[STATE_SCALARS]
             )
