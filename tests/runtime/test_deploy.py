@@ -381,6 +381,18 @@ def test_cli_deploy_certs_and_refusals(tmp_path: Path, capsys: pytest.CaptureFix
     assert "deploy.certs" in capsys.readouterr().err
 
 
+def _tiny_recipe(tmp_path: Path, name: str, rounds: int) -> Path:
+    """A recipe file for a 2-client tiny-small job writing its runs to ``tmp_path/runs``."""
+    path = tmp_path / "job.toml"
+    path.write_text(
+        f'name = "{name}"\nseed = 1\noutput_dir = "{tmp_path / "runs"}"\n[model]\nname = "tiny-small"\n'
+        '[data]\ndataset = "sst2"\nmax_length = 48\ntrain_limit = 160\neval_limit = 32\n'
+        '[adapter]\nmethod = "lora"\nr = 2\ntarget_modules = ["q_proj"]\n[train]\nsteps = 1\nbatch_size = 8\n'
+        f"[federation]\nrounds = {rounds}\nnum_clients = 2\n"
+    )
+    return path
+
+
 def test_multi_machine_commands_on_loopback(tmp_path: Path) -> None:
     """`deploy certs`, `deploy superlink`, two `deploy node` and `deploy submit`, as on separate machines (here all
     on loopback): the run completes, and SIGTERM stops each command with everything it started."""
@@ -407,13 +419,7 @@ def test_multi_machine_commands_on_loopback(tmp_path: Path) -> None:
                      f"127.0.0.1:{port}", "--certs", str(certs), "--port", str(free_port()), "--workdir",
                      str(tmp_path / f"node{i}")], stdout=out, stderr=subprocess.STDOUT, env=env,
                 )  # fmt: skip
-        cfg = tmp_path / "job.toml"
-        cfg.write_text(
-            f'name = "mm"\nseed = 1\noutput_dir = "{tmp_path / "runs"}"\n[model]\nname = "tiny-small"\n'
-            '[data]\ndataset = "sst2"\nmax_length = 48\ntrain_limit = 160\neval_limit = 32\n'
-            '[adapter]\nmethod = "lora"\nr = 2\ntarget_modules = ["q_proj"]\n[train]\nsteps = 1\nbatch_size = 8\n'
-            "[federation]\nrounds = 2\nnum_clients = 2\n"
-        )
+        cfg = _tiny_recipe(tmp_path, "mm", rounds=2)
         assert main(["deploy", "submit", str(cfg), "--superlink", f"127.0.0.1:{port}", "--certs", str(certs),
                      "--quiet"]) == 0  # fmt: skip
         run_path = next((tmp_path / "runs").glob("mm-*"))
@@ -442,13 +448,7 @@ def test_multi_machine_commands_on_loopback(tmp_path: Path) -> None:
 def test_sigterm_to_a_deploy_run_stops_every_process_and_keeps_the_checkpoint(tmp_path: Path) -> None:
     """`fedpeft run --runtime deploy` stopped with SIGTERM (a scheduler's or a benchmark's stop, not Ctrl-C) takes
     its SuperLink, SuperNodes, workers and ServerApp down with it; the last checkpoint stays for --resume."""
-    cfg = tmp_path / "job.toml"
-    cfg.write_text(
-        f'name = "dep"\nseed = 1\noutput_dir = "{tmp_path / "runs"}"\n[model]\nname = "tiny-small"\n'
-        '[data]\ndataset = "sst2"\nmax_length = 48\ntrain_limit = 160\neval_limit = 32\n'
-        '[adapter]\nmethod = "lora"\nr = 2\ntarget_modules = ["q_proj"]\n[train]\nsteps = 1\nbatch_size = 8\n'
-        "[federation]\nrounds = 50\nnum_clients = 2\n"
-    )
+    cfg = _tiny_recipe(tmp_path, "dep", rounds=50)
     out = tmp_path / "run.out"
     with out.open("wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", "fedpeft.cli", "run", str(cfg), "--runtime", "deploy",

@@ -121,11 +121,6 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _config_record(values: Mapping[str, Any], what: str) -> ConfigRecord:
-    _check_values(values, what)
-    return ConfigRecord(dict(values))
-
-
 def packet_to_records(
     packet: Packet, *, extra: Mapping[str, HeaderValue] | None = None, payload: ConfigRecord | None = None
 ) -> RecordDict:
@@ -157,18 +152,18 @@ def packet_to_records(
     if clash:
         raise ValueError(f"header keys {sorted(clash)} are reserved")
     _check_values(packet.config, "message config")
+    _check_values(extra, "header")
     bad = {k: type(v).__name__ for k, v in packet.metrics.items() if not _is_number(v)}
     if bad:
         raise TypeError(f"metrics must be int or float; got {bad}")
-    header = _config_record(
+    header = ConfigRecord(
         {
             _ACTION: packet.action,
             _META: json.dumps(packet.wire.meta),
             **{_CONFIG + k: v for k, v in packet.config.items()},
             **{_METRIC + k: v for k, v in packet.metrics.items()},
             **extra,
-        },
-        "header",
+        }
     )
     return RecordDict({PAYLOAD: payload if payload is not None else wire_to_records(packet.wire), HEADER: header})
 
@@ -226,8 +221,8 @@ def state_to_records(state: Mapping[str, Any]) -> tuple[ArrayRecord, ConfigRecor
             tensors[key] = value
         else:
             scalars[key] = value
-    record = _config_record({**scalars, _BF16_TAG: bf16}, "client state")
-    return ArrayRecord.from_torch_state_dict(tensors), record
+    _check_values(scalars, "client state")
+    return ArrayRecord.from_torch_state_dict(tensors), ConfigRecord({**scalars, _BF16_TAG: bf16})
 
 
 def records_to_state(tensors: ArrayRecord, scalars: ConfigRecord) -> dict[str, Any]:
