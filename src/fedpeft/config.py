@@ -45,6 +45,10 @@ class DataConfig:
     ``dataset`` is a registered name, or several classification datasets joined by ``+`` (``"sst2+qnli+rte"``): a
     multi-task mix in which every example keeps its task name, its dataset's template and its own label words, the
     limits apply to each task, and evaluation reports each task's accuracy (``accuracy_<task>``) and their mean.
+
+    ``task_subset`` keeps only the examples whose task is one of these names (Dolly's categories, or datasets of a
+    mix), in both splits, after the limits: the same examples of those tasks that the whole job would use (e.g. a
+    centralized reference for one Dolly category). A name no loaded example has is an error naming those present.
     """
 
     dataset: str = "sst2"
@@ -55,6 +59,7 @@ class DataConfig:
     eval_limit: int | None = None
     template: str | None = None  # None = the dataset's own template
     max_length: int = 128
+    task_subset: list[str] | None = None
 
     def __post_init__(self) -> None:
         from fedpeft.registry import DATASETS
@@ -77,6 +82,11 @@ class DataConfig:
                     raise ConfigError("data split", split, f"a split every task of the mix has ({missing} lack it)")
         if self.max_length < 8:
             raise ConfigError("data.max_length", self.max_length, "an integer >= 8")
+        keep = self.task_subset
+        if keep is not None and (not keep or len(set(keep)) != len(keep)):
+            raise ConfigError("data.task_subset", keep, "a non-empty list of distinct task names, or omitted")
+        if keep is not None and len(names) > 1 and not set(keep) <= set(names):
+            raise ConfigError("data.task_subset", keep, f"names of the mix's datasets {names}")
         for name in ("train_limit", "eval_limit"):
             value = getattr(self, name)
             if value is not None and value < 1:

@@ -44,8 +44,51 @@ def test_product_vector_is_invariant_to_rescaling_a_against_b():
 def test_product_needs_lora_and_unknown_space_is_refused():
     with pytest.raises(ValueError, match="LoRA"):
         cluster.adapter_vector({"x": torch.ones(2)}, "product")
-    with pytest.raises(ValueError, match="flat"):
+    with pytest.raises(ValueError, match="tokens"):
         cluster.adapter_vector({"x": torch.ones(2)}, "cosine")
+
+
+def embedding_lora(a: torch.Tensor, linear: torch.Tensor) -> dict[str, torch.Tensor]:
+    """An adapter with an input-embedding LoRA (A [r, vocab], B [H, r]) and one linear LoRA module."""
+    return {
+        "emb.lora_embedding_A.default": a,
+        "emb.lora_embedding_B.default": torch.ones(3, a.shape[0]),
+        "q.lora_A.weight": linear[:4].reshape(2, 2),
+        "q.lora_B.weight": linear[4:].reshape(2, 2),
+    }
+
+
+def test_token_profile_is_the_unit_norm_of_each_vocabulary_column():
+    a = torch.tensor([[3.0, 0.0, 0.0, 1.0], [4.0, 0.0, 2.0, 0.0]])  # [r=2, vocab=4]; token 1 never seen
+    v = cluster.adapter_vector(embedding_lora(a, torch.arange(8.0)), "tokens")
+    want = torch.tensor([5.0, 0.0, 2.0, 1.0], dtype=torch.float64)
+    assert torch.allclose(v, want / want.norm())
+    # how far the adapter moved, and every other module, do not change its profile
+    assert torch.allclose(cluster.adapter_vector(embedding_lora(7 * a, -torch.arange(8.0)), "tokens"), v)
+    with pytest.raises(ValueError, match="input embedding"):
+        cluster.adapter_vector(lora_state(torch.ones(2, 2), torch.ones(2, 2)), "tokens")
+
+
+def test_token_profiles_separate_tasks_whose_flat_updates_point_the_same_way():
+    # Two tasks, 6 adapters each. Every update is dominated by one direction shared by both tasks (as the
+    # label-word loss gives QNLI and RTE), with a magnitude that varies from client to client; the tasks differ only
+    # in which tokens their data holds (task 0: tokens 0-3, task 1: tokens 4-7; token 8 in both, the template).
+    gen = torch.Generator().manual_seed(0)
+    shared = torch.randn(8, generator=gen)
+    states, truth = [], []
+    for task in (0, 1):
+        for scale in (0.5, 0.8, 1.0, 1.5, 2.5, 4.0):
+            a = torch.zeros(2, 9)
+            cols = [*range(4 * task, 4 * task + 4), 8]
+            a[:, cols] = 0.01 * (1 + torch.rand(2, len(cols), generator=gen))
+            states.append(embedding_lora(a, scale * shared + 0.01 * torch.randn(8, generator=gen)))
+            truth.append(task)
+    flat = torch.stack([cluster.adapter_vector(s, "flat") for s in states])
+    tokens = torch.stack([cluster.adapter_vector(s, "tokens") for s in states])
+    by_size, _ = cluster.kmeans(flat, 2, seed=0)
+    by_tokens, _ = cluster.kmeans(tokens, 2, seed=0)
+    assert cluster.adjusted_rand(by_tokens, truth) == 1.0
+    assert cluster.adjusted_rand(by_size, truth) < 0.2  # flat k-means splits by how far each client moved
 
 
 def test_kmeans_recovers_separated_blobs_and_is_seeded():

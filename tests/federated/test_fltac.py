@@ -146,3 +146,21 @@ def test_fltac_config_errors(job):
         job(data=MIX, federation=FED, adapter={"method": "ia3"}, algorithm={"distance": "product"})
     with pytest.raises(ConfigError, match="algorithm"):
         job(data=MIX, federation=FED, algorithm={"momentum": 0.9})  # a FedAvgM field is not an FL-TAC field
+
+
+@pytest.mark.slow
+def test_token_profiles_tell_qnli_from_rte_from_the_first_round(job):
+    # QNLI and RTE share the label words " yes" / " no": their flattened updates point the same way, but their
+    # data (instructions, sources) touch different tokens of the input-embedding LoRA.
+    lora = {"target_modules": ["embed_tokens", "q_proj", "v_proj"]}
+    data = {**MIX, "dataset": "qnli+rte+sst2"}
+    fed = {**FED, "num_clients": 4}
+    cfg = job(data=data, federation=fed, adapter=lora, algorithm={"min_task_examples": 4, "distance": "tokens"})
+    rounds = lines(run_federated(cfg, quiet=True).path, "round")
+    assert len(rounds) == 2 and all(r["clusters"] == 3 for r in rounds)
+    assert [(r["purity"], r["ari"]) for r in rounds] == [(1.0, 1.0), (1.0, 1.0)]
+
+
+def test_token_distance_needs_lora_on_the_input_embedding(job):
+    with pytest.raises(ConfigError, match="embed_tokens"):
+        run_federated(job(data=MIX, federation=FED, algorithm={"distance": "tokens"}), quiet=True)

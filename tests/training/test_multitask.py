@@ -92,3 +92,25 @@ def test_prepare_task_mix_keeps_each_task_template_words_and_limits():
     assert set(metrics) == {"accuracy", "accuracy_rte", "accuracy_sst2"}
     assert metrics["accuracy"] == pytest.approx((metrics["accuracy_rte"] + metrics["accuracy_sst2"]) / 2)
     assert all(v in {i / 10 for i in range(11)} for k, v in metrics.items() if k != "accuracy")
+
+
+def test_task_subset_keeps_the_same_examples_of_the_named_tasks():
+    def job(data):
+        return from_dict(JobConfig, {"model": {"name": "tiny-small"}, "data": data})
+
+    tok = load_tokenizer("tiny-small")
+    dolly = {"dataset": "dolly", "eval_split": "test", "train_limit": 400, "eval_limit": 80}
+    whole = prepare_task(job(dolly), tok)
+    one = prepare_task(job({**dolly, "task_subset": ["open_qa", "summarization"]}), tok)
+    for split in ("train", "eval"):
+        want = [e["input_ids"] for e in getattr(whole, split) if e["task"] in ("open_qa", "summarization")]
+        assert want and [e["input_ids"] for e in getattr(one, split)] == want  # filtered after the limits
+    with pytest.raises(ConfigError, match="data.task_subset") as err:
+        prepare_task(job({**dolly, "task_subset": ["poetry"]}), tok)
+    assert "open_qa" in str(err.value)  # the task names present are listed
+    mix = prepare_task(job({"dataset": "sst2+rte", "train_limit": 12, "eval_limit": 10, "task_subset": ["rte"]}), tok)
+    assert [e["task"] for e in mix.train] == ["rte"] * 12
+    with pytest.raises(ConfigError, match="data.task_subset"):
+        DataConfig(dataset="sst2+rte", task_subset=["qnli"])
+    with pytest.raises(ConfigError, match="distinct"):
+        DataConfig(dataset="dolly", task_subset=[])

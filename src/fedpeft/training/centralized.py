@@ -42,6 +42,14 @@ class Task:
 
 def _encode_split(cfg: JobConfig, tokenizer: Any, spec: DatasetSpec, template: str, split: str, limit: int | None):
     raw = spec.load_split(split, cfg.data.data_dir, limit)
+    keep = cfg.data.task_subset
+    if keep is not None:
+        # A mix's task names are its datasets (checked with the config); a dataset's are the ones its rows carry.
+        present = sorted(set(raw["task"]))
+        unknown = sorted(set(keep) - set(present)) if len(cfg.data.tasks) == 1 else []
+        if unknown:
+            raise ConfigError("data.task_subset", keep, f"task names of {spec.name}'s {split} split: {present}")
+        raw = raw.filter(lambda ex: ex["task"] in keep)
     return raw, list(encode_dataset(raw, tokenizer, template, cfg.data.max_length))
 
 

@@ -17,18 +17,35 @@ import torch
 from fedpeft.algorithms.aggregation import State, weighted_average
 from fedpeft.algorithms.lora_aggregation import lora_deltas, lora_pairs
 
+SPACES = ("flat", "product", "tokens")
+
+
+def token_keys(state: Mapping[str, torch.Tensor]) -> list[str]:
+    """The keys of the embedding LoRA's A factors (``...lora_embedding_A...``, [r, vocab]), sorted."""
+    return sorted(k for k in state if ".lora_embedding_A" in k)
+
 
 def adapter_vector(state: Mapping[str, torch.Tensor], space: str = "flat", scaling: float = 1.0) -> torch.Tensor:
     """One adapter as a 1-D float64 vector [D] for clustering.
 
     ``flat``: every tensor flattened, in sorted key order (the paper). ``product``: each LoRA module's
     ``scaling · B·A`` flattened (invariant to how the update is split between A and B, e.g. ``A·c, B/c``), followed
-    by any non-LoRA tensors flattened.
+    by any non-LoRA tensors flattened. ``tokens`` (beyond the paper): the adapter's token profile, the norm of
+    every vocabulary column of its input-embedding LoRA factor A ([r, vocab] -> [vocab]), scaled to unit length.
+    A column moves only when its token occurs in the training data, in proportion to how often, so the profile is
+    what the adapter was trained on, token by token: the instruction and the inputs of its task, whatever the
+    shared direction the label-word loss gives every task's update (needs LoRA on the input embedding).
     """
-    if space not in ("flat", "product"):
-        raise ValueError(f"space must be 'flat' or 'product', got {space!r}")
+    if space not in SPACES:
+        raise ValueError(f"space must be one of {SPACES}, got {space!r}")
     if space == "flat":
         return torch.cat([state[k].detach().reshape(-1).double() for k in sorted(state)])
+    if space == "tokens":
+        keys = token_keys(state)
+        if not keys:
+            raise ValueError("the 'tokens' distance needs LoRA on the input embedding (lora_embedding_A)")
+        profile = torch.cat([state[k].detach().double().norm(dim=0) for k in keys])  # [vocab]
+        return profile / profile.norm().clamp_min(1e-12)
     pairs = lora_pairs(dict(state))
     if not pairs:
         raise ValueError("the 'product' distance needs LoRA adapters (lora_A / lora_B pairs)")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from fedpeft.algorithms.fltac.cluster import SPACES
 from fedpeft.errors import ConfigError
 
-SPACES = ("flat", "product")
 K_SELECTIONS = ("fixed", "silhouette", "eigengap")
 CLUSTER_ON = ("adapter", "update")
 
@@ -18,8 +18,11 @@ class FLTACConfig:
     ``num_clusters``: K for k-means; 0 = the number of tasks in the job's evaluation data (the paper's known N).
     ``k_selection``: ``fixed`` (use ``num_clusters``), or choose K each round when the number of tasks is unknown:
     ``silhouette`` (best mean silhouette over K = 2..``max_clusters``) or ``eigengap`` (spectral eigengap).
-    ``distance``: cluster the flattened adapters (``flat``: A and B, the paper) or each LoRA module's ``B·A``
-    (``product``: invariant to rescaling A against B; LoRA only).
+    ``distance``: cluster the flattened adapters (``flat``: A and B, the paper), each LoRA module's ``B·A``
+    (``product``: invariant to rescaling A against B; LoRA only), or the adapters' token profiles (``tokens``: the
+    norm of each vocabulary column of the input-embedding LoRA, unit length; needs ``embed_tokens`` among LoRA's
+    target modules; beyond the paper: tells apart tasks whose flattened updates point the same way, e.g. QNLI
+    and RTE, which share the label words " yes" / " no").
     ``cluster_on``: what is clustered: the trained ``adapter`` (the paper) or its ``update`` this round (trained -
     received; beyond the paper: a member that was put in the wrong cluster is not held there by its starting point).
     ``normalize``: scale every vector to unit length before k-means (clusters by direction, not by how far an adapter

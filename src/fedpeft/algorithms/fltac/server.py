@@ -57,6 +57,12 @@ class FLTAC(Algorithm):
         self.eval_set: EvalSet = server.eval_set
         self.task_names = sorted(set(self.eval_set.tasks))
         self.initial = {k: v.clone() for k, v in server.initial_state.items()}
+        if self.opts.distance == "tokens" and not cluster.token_keys(self.initial):
+            raise ConfigError(
+                "algorithm.distance",
+                "tokens",
+                "an adapter with LoRA on the input embedding (add it, e.g. 'embed_tokens', to adapter.target_modules)",
+            )
         self.scaling = lora_scaling(cfg.adapter) if cfg.adapter.method == "lora" else 1.0
         self.clusters: list[State] = []  # the task adapters, by stable cluster id
         self.assign: dict[str, int] = {}  # member -> cluster id of its latest clustering
@@ -68,8 +74,10 @@ class FLTAC(Algorithm):
 
     @classmethod
     def check_config(cls, cfg: RunConfig) -> None:
-        if cfg.algorithm.distance == "product" and cfg.adapter.method != "lora":
-            raise ConfigError("algorithm.distance", "product", f"'flat' for adapter.method={cfg.adapter.method!r}")
+        if cfg.algorithm.distance in ("product", "tokens") and cfg.adapter.method != "lora":
+            raise ConfigError(
+                "algorithm.distance", cfg.algorithm.distance, f"'flat' for adapter.method={cfg.adapter.method!r}"
+            )
 
     @property
     def num_clusters(self) -> int:
