@@ -4,12 +4,20 @@ and the router."""
 from __future__ import annotations
 
 import itertools
+import json
 
 import pytest
 import torch
 
 from fedpeft.algorithms.fltac import cluster
-from fedpeft.algorithms.fltac.router import Router, cluster_centroids, fit_router
+from fedpeft.algorithms.fltac.router import (
+    Router,
+    TokenRouter,
+    cluster_centroids,
+    fit_router,
+    fit_token_router,
+    prompt_tokens,
+)
 
 
 def lora_state(a: torch.Tensor, b: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -185,3 +193,26 @@ def test_router_routes_to_nearest_centred_centroid_and_round_trips(tmp_path):
     again = Router.load(tmp_path / "r")
     assert again.names == router.names and again.route(queries) == [0, 1]
     assert router.route(torch.zeros(0, 3)) == []
+    assert json.loads((tmp_path / "r" / "router.json").read_text())["router"] == "hidden"
+
+
+def test_token_router_gives_each_input_to_the_adapter_owning_most_of_its_tokens(tmp_path):
+    # vocab of 6: adapter 0 trained on tokens 0-2, adapter 1 on tokens 2-4 (token 2 both, twice as much in 1)
+    profiles = [torch.tensor([1.0, 1.0, 1.0, 0, 0, 0]), torch.tensor([0, 0, 2.0, 1.0, 1.0, 0])]
+    router = fit_token_router(profiles, ["cluster_0", "cluster_1"])
+    assert isinstance(router, TokenRouter)
+    assert torch.allclose(router.centroids[:, 2], torch.tensor([1 / 3, 2 / 3]))  # token 2 shared out 1:2
+    assert torch.equal(router.centroids[:, 5], torch.zeros(2))  # a token no adapter saw counts for nobody
+    examples = [
+        {"input_ids": [0, 1, 5, 5, 3], "prompt_length": 3},  # prompt 0, 1, 5 -> adapter 0 (the 3 is the answer)
+        {"input_ids": [2, 3, 2], "prompt_length": 3},  # prompt 2, 3 -> adapter 1
+        {"input_ids": [2, 0], "prompt_length": 2},  # 1/3 + 1 for adapter 0 against 2/3
+    ]
+    tokens = router.featurize(torch.nn.Linear(1, 1), examples, lambda rows: {})
+    assert torch.equal(tokens, prompt_tokens(examples, 6))
+    assert tokens[0].tolist() == [1.0, 1.0, 0, 0, 0, 1.0] and tokens[1].tolist() == [0, 0, 1.0, 1.0, 0, 0]
+    assert router.route(tokens) == [0, 1, 0]
+    router.save(tmp_path / "t")
+    again = Router.load(tmp_path / "t")
+    assert type(again) is TokenRouter and again.route(tokens) == [0, 1, 0]
+    assert json.loads((tmp_path / "t" / "router.json").read_text())["router"] == "tokens"

@@ -155,12 +155,19 @@ def test_token_profiles_tell_qnli_from_rte_from_the_first_round(job):
     lora = {"target_modules": ["embed_tokens", "q_proj", "v_proj"]}
     data = {**MIX, "dataset": "qnli+rte+sst2"}
     fed = {**FED, "num_clients": 4}
-    cfg = job(data=data, federation=fed, adapter=lora, algorithm={"min_task_examples": 4, "distance": "tokens"})
-    rounds = lines(run_federated(cfg, quiet=True).path, "round")
+    options = {"min_task_examples": 4, "distance": "tokens", "router": "tokens"}
+    run = run_federated(job(data=data, federation=fed, adapter=lora, algorithm=options), quiet=True).path
+    rounds = lines(run, "round")
     assert len(rounds) == 2 and all(r["clusters"] == 3 for r in rounds)
     assert [(r["purity"], r["ari"]) for r in rounds] == [(1.0, 1.0), (1.0, 1.0)]
+    # The tokens router reads the task adapters alone (no client sent a feature) and is saved as such.
+    assert json.loads((run / "adapter" / "router.json").read_text())["router"] == "tokens"
+    assert lines(run, "eval")[-1]["routing_accuracy"] >= 0.8  # chance: 1/3
 
 
-def test_token_distance_needs_lora_on_the_input_embedding(job):
-    with pytest.raises(ConfigError, match="embed_tokens"):
-        run_federated(job(data=MIX, federation=FED, algorithm={"distance": "tokens"}), quiet=True)
+def test_token_distance_and_router_need_lora_on_the_input_embedding(job):
+    for field in ("distance", "router"):
+        with pytest.raises(ConfigError, match=f"algorithm.{field}.*embed_tokens"):
+            run_federated(job(data=MIX, federation=FED, algorithm={field: "tokens"}), quiet=True)
+    with pytest.raises(ConfigError, match="algorithm.router"):
+        job(data=MIX, federation=FED, algorithm={"router": "nearest"})

@@ -197,8 +197,9 @@ class EvalSet(Protocol):
         """One score per eval example with ``state`` loaded."""
         ...
 
-    def features(self, state: State) -> Tensor:
-        """[N, H] mean last-layer hidden state over each eval example's prompt, with ``state`` loaded."""
+    def features(self, state: State, featurize: Callable[..., Tensor]) -> Tensor:
+        """``featurize(model, eval_examples, collate)`` with ``state`` loaded: one row per eval example (e.g.
+        FL-TAC's router features)."""
         ...
 
 

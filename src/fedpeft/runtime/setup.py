@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -125,12 +125,10 @@ class ServerModel:
             scores = example_scores(model, self.task, self.cfg.eval.batch_size, self.cfg.eval.max_new_tokens)
         return scores[self.metric]
 
-    def features(self, state: State) -> torch.Tensor:
-        """[N, H] prompt features of the eval split with ``state`` loaded (FL-TAC's router space)."""
-        from fedpeft.algorithms.fltac.router import prompt_features
-
+    def features(self, state: State, featurize: Callable[..., torch.Tensor]) -> torch.Tensor:
+        """``featurize(model, eval examples, collate)`` with ``state`` loaded (FL-TAC's router features)."""
         with self.loaded(state) as model:
-            return prompt_features(model, self.task.eval, self.task.collate, self.cfg.eval.batch_size)
+            return featurize(model, self.task.eval, self.task.collate)
 
     def save(self, state: State, relative: str) -> None:
         if self._matches(state):

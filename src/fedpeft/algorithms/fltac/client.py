@@ -6,8 +6,9 @@ adapters by (client, slot) and never learns which task a slot is. Arrays travel 
 Three handlers:
 
 - ``query.fltac``: once per client, on first contact: how many slots it has, each slot's example count and mean
-  prompt feature (for the router, computed with the initial adapter the server sends), and, for reporting only,
-  each slot's task index in the list the server sends (purity / ARI / per-task accuracy; clustering never uses it).
+  prompt feature (for the ``hidden`` router, computed with the initial adapter the server sends), and, for
+  reporting only, each slot's task index in the list the server sends (purity / ARI / per-task accuracy;
+  clustering never uses it).
 - ``train.fltac``: for each slot, start from the adapter the server sent for it, train ``train.steps`` steps on that
   task's examples only, send back the update (local - received).
 - ``evaluate.fltac``: each slot's adapter scored on that task's local test examples.
@@ -75,10 +76,11 @@ def describe(ctx: ClientContext, msg: Msg) -> Msg:
     tasks = _slots(ctx)
     for j, task in enumerate(tasks):
         examples = _of_task(ctx.data.train, task)
-        gen = ctx.generator(0, "router", j)
-        pick = torch.randperm(len(examples), generator=gen)[: int(ctx.cfg.algorithm.router_examples)].tolist()
-        sample = [examples[i] for i in sorted(pick)]
-        arrays[f"feature{j}"] = prompt_features(ctx.model, sample, ctx.data.collate).mean(0)  # [H]
+        if ctx.cfg.algorithm.router == "hidden":  # the tokens router reads the adapters alone
+            gen = ctx.generator(0, "router", j)
+            pick = torch.randperm(len(examples), generator=gen)[: int(ctx.cfg.algorithm.router_examples)].tolist()
+            sample = [examples[i] for i in sorted(pick)]
+            arrays[f"feature{j}"] = prompt_features(ctx.model, sample, ctx.data.collate).mean(0)  # [H]
         metrics[f"n{j}"] = float(len(examples))
         metrics[f"task{j}"] = float(known.index(task)) if task in known else -1.0  # reporting only
     metrics["num_slots"] = float(len(tasks))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fedpeft.algorithms.fltac.cluster import SPACES
+from fedpeft.algorithms.fltac.router import ROUTERS
 from fedpeft.errors import ConfigError
 
 K_SELECTIONS = ("fixed", "silhouette", "eigengap")
@@ -32,8 +33,12 @@ class FLTACConfig:
     ``n_init``: k-means restarts (the paper: 10).
     ``min_task_examples``: a client trains an adapter for a local task only when it holds at least this many
     training examples of it (Dirichlet splits leave some clients 1-2 examples of a task; 1 = train them all).
+    ``router``: how an unlabeled input picks its task adapter (beyond the paper): ``hidden`` (nearest centroid of
+    the clients' mean prompt features under the frozen base) or ``tokens`` (the adapter owning the largest share
+    of the input's prompt tokens, from the adapters' token profiles; needs LoRA on the input embedding; clients
+    then send no feature at all).
     ``router_examples``: how many of a task's local examples (a seeded sample) a client averages into the task's
-    router feature, computed once on first contact.
+    ``hidden`` router feature, computed once on first contact.
     """
 
     num_clusters: int = 0
@@ -45,6 +50,7 @@ class FLTACConfig:
     weighted: bool = True
     n_init: int = 10
     min_task_examples: int = 8
+    router: str = "hidden"
     router_examples: int = 64
 
     def __post_init__(self) -> None:
@@ -60,6 +66,8 @@ class FLTACConfig:
             raise ConfigError("algorithm.max_clusters", self.max_clusters, "an integer >= 2")
         if self.n_init < 1:
             raise ConfigError("algorithm.n_init", self.n_init, "an integer >= 1")
+        if self.router not in ROUTERS:
+            raise ConfigError("algorithm.router", self.router, sorted(ROUTERS))
         if self.router_examples < 1:
             raise ConfigError("algorithm.router_examples", self.router_examples, "an integer >= 1")
         if self.min_task_examples < 1:

@@ -29,7 +29,7 @@ from fedpeft.algorithms.base import Algorithm, EvalSet, Grid, Msg, Scalar, Serve
 from fedpeft.algorithms.fltac import cluster
 from fedpeft.algorithms.fltac.client import app, join_slots, split_slots
 from fedpeft.algorithms.fltac.config import FLTACConfig
-from fedpeft.algorithms.fltac.router import Router, fit_router
+from fedpeft.algorithms.fltac.router import Router, fit_router, fit_token_router
 from fedpeft.errors import ConfigError
 from fedpeft.registry import register_algorithm
 
@@ -57,12 +57,13 @@ class FLTAC(Algorithm):
         self.eval_set: EvalSet = server.eval_set
         self.task_names = sorted(set(self.eval_set.tasks))
         self.initial = {k: v.clone() for k, v in server.initial_state.items()}
-        if self.opts.distance == "tokens" and not cluster.token_keys(self.initial):
-            raise ConfigError(
-                "algorithm.distance",
-                "tokens",
-                "an adapter with LoRA on the input embedding (add it, e.g. 'embed_tokens', to adapter.target_modules)",
-            )
+        for field in ("distance", "router"):
+            if getattr(self.opts, field) == "tokens" and not cluster.token_keys(self.initial):
+                raise ConfigError(
+                    f"algorithm.{field}",
+                    "tokens",
+                    "LoRA on the input embedding (add it, e.g. 'embed_tokens', to adapter.target_modules)",
+                )
         self.scaling = lora_scaling(cfg.adapter) if cfg.adapter.method == "lora" else 1.0
         self.clusters: list[State] = []  # the task adapters, by stable cluster id
         self.assign: dict[str, int] = {}  # member -> cluster id of its latest clustering
@@ -78,6 +79,8 @@ class FLTAC(Algorithm):
             raise ConfigError(
                 "algorithm.distance", cfg.algorithm.distance, f"'flat' for adapter.method={cfg.adapter.method!r}"
             )
+        if cfg.algorithm.router == "tokens" and cfg.adapter.method != "lora":
+            raise ConfigError("algorithm.router", "tokens", f"'hidden' for adapter.method={cfg.adapter.method!r}")
 
     @property
     def num_clusters(self) -> int:
@@ -96,16 +99,17 @@ class FLTAC(Algorithm):
                 continue
             m = r.msg.metrics
             n = int(m.get("num_slots", 0))
-            feats = [r.msg.arrays.get(f"feature{j}") for j in range(n)]
+            feats = [r.msg.arrays.get(f"feature{j}") for j in range(n)] if self.opts.router == "hidden" else []
             bad_feature = any(f is None or f.dim() != 1 or not bool(torch.isfinite(f).all()) for f in feats)
             if bad_feature or any(float(m.get(f"n{j}", 0)) <= 0 for j in range(n)):
                 self.server.log("rejected", round=rnd, client=r.client_id, reason="malformed task description")
                 continue
             self.slots[r.client_id] = n
             for j, feat in enumerate(feats):
-                key = member(r.client_id, j)
                 assert feat is not None
-                self.features[key] = feat.float()
+                self.features[member(r.client_id, j)] = feat.float()
+            for j in range(n):
+                key = member(r.client_id, j)
                 self.counts[key] = float(m[f"n{j}"])
                 self.truth[key] = int(m.get(f"task{j}", -1))
             self.server.log("client_tasks", round=rnd, client=r.client_id, num_tasks=n)
@@ -194,6 +198,10 @@ class FLTAC(Algorithm):
         )
 
     def router(self) -> Router:
+        """The ``algorithm.router`` kind of router over the current task adapters."""
+        if self.opts.router == "tokens":  # read off the adapters: every cluster's token profile
+            profiles = [cluster.adapter_vector(state, "tokens") for state in self.clusters]
+            return fit_token_router(profiles, [f"cluster_{i}" for i in range(len(self.clusters))])
         keys = sorted(self.assign)
         return fit_router(
             [self.features[k] for k in keys], [self.assign[k] for k in keys], [self.counts[k] for k in keys]
@@ -219,9 +227,9 @@ class FLTAC(Algorithm):
             metrics[f"{name}_{t}"] = sum(values[i] for i in rows) / len(rows)
         metrics[name] = sum(metrics[f"{name}_{t}"] for t in by_task) / len(by_task)
         # Routed inference: no task label at test time; the router picks the adapter for each input.
-        if self._eval_features is None:
-            self._eval_features = es.features(self.initial)
         router = self.router()
+        if self._eval_features is None:  # the eval inputs' router features: the same every round
+            self._eval_features = es.features(self.initial, router.featurize)
         ids = [int(n.split("_")[1]) for n in router.names]
         routed = [ids[i] for i in router.route(self._eval_features)]
         metrics[f"{name}_routed"] = sum(
