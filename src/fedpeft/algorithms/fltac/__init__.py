@@ -2,7 +2,7 @@
 Importing registers the ``fltac`` algorithm."""
 
 from fedpeft.algorithms.fltac.config import FLTACConfig
-from fedpeft.algorithms.fltac.router import Router, prompt_features
+from fedpeft.algorithms.fltac.router import Router, TokenRouter, prompt_features, prompt_tokens
 from fedpeft.algorithms.fltac.server import FLTAC
 
-__all__ = ["FLTAC", "FLTACConfig", "Router", "prompt_features"]
+__all__ = ["FLTAC", "FLTACConfig", "Router", "TokenRouter", "prompt_features", "prompt_tokens"]
