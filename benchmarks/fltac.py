@@ -28,6 +28,7 @@ import torch
 
 from _machine import machine_info
 from fedpeft.config import JobConfig, RunConfig, from_dict, parse_override
+from fedpeft.registry import DATASETS
 from fedpeft.runtime import run_federated
 from fedpeft.training.centralized import run_centralized
 
@@ -61,14 +62,11 @@ def run_tasks(run: Path) -> list[str]:
     return sorted({t for part in events(run, "setup")[0]["partition"] for t in part["task_counts"]})
 
 
-def headline(final: dict[str, Any], tasks: list[str]) -> str:
-    """The metric reported per task (``accuracy``, ``rouge_l``): the first key ``m`` of the run's final metrics with
-    ``m_<task>`` for every task (evaluation lists the headline score first, e.g. ``rouge_l`` before
-    ``exact_match``)."""
-    names = [m for m in final if all(f"{m}_{t}" in final for t in tasks)]
-    if not names:
-        raise RuntimeError(f"no per-task metric among {sorted(final)}")
-    return names[0]
+def headline(cfg: RunConfig) -> str:
+    """The score reported per task: what FL-TAC's server evaluation scores (``accuracy`` for classification,
+    ``rouge_l`` of the generations otherwise)."""
+    kinds = {DATASETS.get(name).task_type for name in cfg.data.tasks}
+    return "accuracy" if kinds == {"classification"} else "rouge_l"
 
 
 def summarize(run: Path, tasks: list[str], metric: str) -> dict[str, Any]:
@@ -137,9 +135,7 @@ def main() -> None:
         if "tasks" not in result:
             result["tasks"] = run_tasks(run)
         tasks = result["tasks"]
-        if "metric" not in result:
-            result["metric"] = headline(json.loads((run / "summary.json").read_text())["final"], tasks)
-        metric = result["metric"]
+        metric = result.setdefault("metric", headline(cfg))
         row = summarize(run, tasks, metric)
         row["set"] = args.set
         keys = ("round", metric, *(f"{metric}_{t}" for t in tasks), f"{metric}_routed", "routing_accuracy")
