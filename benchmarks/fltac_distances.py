@@ -28,6 +28,7 @@ from fedpeft.algorithms.fltac.server import FLTAC
 from fedpeft.config import RunConfig, from_dict, parse_override
 from fedpeft.registry import register_algorithm
 from fedpeft.runtime import run_federated
+from fltac import set_key
 
 ROOT = Path(__file__).resolve().parents[1]
 SPACES = {"flat": ("flat", False), "flat, unit length": ("flat", True), "product": ("product", False)}
@@ -98,10 +99,7 @@ def main() -> None:
         raw["adapter"]["target_modules"] = ["embed_tokens", *targets]
     for item in args.set:
         keys, value = parse_override(item)
-        node = raw
-        for k in keys[:-1]:
-            node = node.setdefault(k, {})
-        node[keys[-1]] = value
+        set_key(raw, ".".join(keys), value)
     run = run_federated(from_dict(RunConfig, raw), quiet=True).path
     result = {"machine": machine_info(2), "recipe": str(args.recipe), "run_dir": str(run), "model": args.model}
     result.update(steps=args.steps, set=args.set, clustered_with=raw["algorithm"].get("distance", "flat"))

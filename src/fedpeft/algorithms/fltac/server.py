@@ -75,12 +75,11 @@ class FLTAC(Algorithm):
 
     @classmethod
     def check_config(cls, cfg: RunConfig) -> None:
-        if cfg.algorithm.distance in ("product", "tokens") and cfg.adapter.method != "lora":
-            raise ConfigError(
-                "algorithm.distance", cfg.algorithm.distance, f"'flat' for adapter.method={cfg.adapter.method!r}"
-            )
-        if cfg.algorithm.router == "tokens" and cfg.adapter.method != "lora":
-            raise ConfigError("algorithm.router", "tokens", f"'hidden' for adapter.method={cfg.adapter.method!r}")
+        # LoRA-only options -> the value that works for any adapter
+        for field, lora_only, other in (("distance", ("product", "tokens"), "flat"), ("router", ("tokens",), "hidden")):
+            value = getattr(cfg.algorithm, field)
+            if value in lora_only and cfg.adapter.method != "lora":
+                raise ConfigError(f"algorithm.{field}", value, f"{other!r} for adapter.method={cfg.adapter.method!r}")
 
     @property
     def num_clusters(self) -> int:
