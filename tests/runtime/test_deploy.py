@@ -167,7 +167,9 @@ def test_deploy_config_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
 
 
 # ------------------------------------------------------------------------------------------------ end to end
-def _job(tmp_path: Path, **federation: Any) -> RunConfig:
+def _job(
+    tmp_path: Path, dataset: str = "sst2", algorithm_table: dict[str, Any] | None = None, **federation: Any
+) -> RunConfig:
     """tiny-small on SST-2, 3 clients, 1 local step per round, top-k uplink (clients keep error-feedback state)."""
     return from_dict(
         RunConfig,
@@ -176,11 +178,12 @@ def _job(tmp_path: Path, **federation: Any) -> RunConfig:
             "seed": 5,
             "output_dir": str(tmp_path),
             "model": {"name": "tiny-small"},
-            "data": {"dataset": "sst2", "max_length": 48, "train_limit": 240, "eval_limit": 48},
+            "data": {"dataset": dataset, "max_length": 48, "train_limit": 240, "eval_limit": 48},
             "adapter": {"method": "lora", "r": 2, "target_modules": ["q_proj", "v_proj"]},
             "train": {"steps": 1, "batch_size": 8, "lr": 4e-3},
             "federation": {"num_clients": 3, "rounds": 4, "timeout": 30.0, **federation},
             "comm": {"up": "topk", "topk_ratio": 0.5},
+            "algorithm": algorithm_table or {},
         },
     )
 
@@ -468,3 +471,37 @@ def test_sigterm_to_a_deploy_run_stops_every_process_and_keeps_the_checkpoint(tm
     assert code == 128 + signal.SIGTERM, out.read_text()[-2000:]
     assert not _processes_mentioning(str(run_path))
     assert (run_path / "checkpoint" / "state.pt").is_file() and not (run_path / "summary.json").exists()
+
+
+def test_fltac_on_deploy_matches_local(tmp_path: Path) -> None:
+    """FL-TAC over the deployment: the first-contact query for each node's task sizes, several adapters per reply,
+    k-means on the server, each member's cluster mean sent back to its own node; the task adapters, router and
+    bytes equal those of a `local` run of the same config (one torch thread on both sides)."""
+    job = {"dataset": "sst2+rte", "algorithm_table": {"min_task_examples": 4}, "algorithm": "fltac", "rounds": 2,
+           "client_eval_every": 1}  # fmt: skip
+    root = tmp_path / "deploy"
+    try:
+        dep = run_federated(_job(root, **job), runtime="deploy", quiet=True).path
+    finally:
+        _sweep(root)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        local = run_federated(_job(tmp_path / "local", **job), runtime="local", quiet=True).path
+    finally:
+        torch.set_num_threads(threads)
+
+    files = sorted(p.relative_to(local) for p in (local / "adapter").rglob("adapter_model.safetensors"))
+    assert len(files) == 2  # one adapter per task cluster
+    assert files == sorted(p.relative_to(dep) for p in (dep / "adapter").rglob("adapter_model.safetensors"))
+    for name in files:
+        want, got = load_file(local / name), load_file(dep / name)
+        assert got.keys() == want.keys() and want
+        for key, value in want.items():
+            torch.testing.assert_close(got[key], value, atol=1e-5, rtol=0)
+    s_local, s_dep = (json.loads((p / "summary.json").read_text()) for p in (local, dep))
+    assert s_dep["runtime"] == "deploy" and s_local["runtime"] == "local"
+    assert (s_dep["bytes_up"], s_dep["bytes_down"]) == (s_local["bytes_up"], s_local["bytes_down"])
+    assert s_dep["final"] == pytest.approx(s_local["final"], abs=1e-6)
+    clustering = [e for e in _events(dep) if e["event"] == "round"]
+    assert [e["round"] for e in clustering] == [1, 2] and all("ari" in e for e in clustering)
