@@ -150,6 +150,8 @@ def main() -> None:
         if "fltac" not in result:
             raise SystemExit("centralized needs FL-TAC's row (its steps per task): add fltac to --methods or --merge")
         holders = result["fltac"]["task_holders"]
+        # kept by --merge when only the centralized rows are rerun (it scored the same metric)
+        metric = result.setdefault("metric", headline(from_dict(RunConfig, federated(raw, "fltac"))))
         rows: dict[str, Any] = {}
         for t in result["tasks"]:
             single = {k: copy.deepcopy(v) for k, v in raw.items() if k not in ("federation", "algorithm", "comm")}
@@ -163,7 +165,7 @@ def main() -> None:
             single["train"].pop("balanced_sampling", None)
             run = run_centralized(from_dict(JobConfig, single), quiet=True)
             s = json.loads((run.path / "summary.json").read_text())
-            rows[t] = {"score": s["final"][result["metric"]], "steps": steps, "run_dir": str(run.path)}
+            rows[t] = {"score": s["final"][metric], "steps": steps, "run_dir": str(run.path)}
             print(json.dumps({"centralized": {t: rows[t]}}), flush=True)
         result["centralized"] = {"set": args.set, "tasks": rows}
         save()
