@@ -236,8 +236,12 @@ def plot(result: dict[str, Any], path: Path) -> None:
         i = len(methods)
         vals = [result["centralized"]["tasks"][t]["score"] for t in tasks]
         ax2.bar([j + i * width for j in range(len(tasks))], vals, width, label="centralized per task")
+    many = len(tasks) > 4  # long category names: slanted, each ending under its own bars
     ax2.set_xticks(
-        [j + width * len(methods) / 2 for j in range(len(tasks))], tasks, rotation=30 if len(tasks) > 4 else 0
+        [j + width * len(methods) / 2 for j in range(len(tasks))],
+        tasks,
+        rotation=30 if many else 0,
+        ha="right" if many else "center",
     )
     ax2.set_ylabel(result["metric"])
     if result["metric"] == "accuracy":
