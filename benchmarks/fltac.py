@@ -28,6 +28,7 @@ import torch
 
 from _machine import machine_info
 from fedpeft.config import JobConfig, RunConfig, from_dict, parse_override
+from fedpeft.fileio import atomic_write_text
 from fedpeft.registry import DATASETS
 from fedpeft.runtime import run_federated
 from fedpeft.training.centralized import run_centralized
@@ -109,7 +110,9 @@ def main() -> None:
         set_key(raw, ".".join(keys), value)
     setting = {"rounds": args.rounds, "local_steps": args.steps, "model": raw["model"]["name"]}
     name = str(recipe.relative_to(ROOT)) if recipe.is_relative_to(ROOT) else str(recipe)
-    result: dict[str, Any] = {"machine": machine_info(2), "recipe": name, "setting": setting}
+    # the score per task follows from the recipe's data alone: the same for every method and every --merge
+    metric = headline(from_dict(RunConfig, federated(raw, "fltac")))
+    result: dict[str, Any] = {"machine": machine_info(2), "recipe": name, "setting": setting, "metric": metric}
     out: Path = args.out
     if args.merge and out.is_file():
         old = json.loads(out.read_text())
@@ -118,12 +121,9 @@ def main() -> None:
             raise SystemExit(f"--merge: {out} has recipe {old['recipe']} and setting {old['setting']}, not {setting}")
         result.update({m: old[m] for m in METHODS if m in old and m not in args.methods})
         result["tasks"] = old["tasks"]
-    out.parent.mkdir(parents=True, exist_ok=True)
 
     def save() -> None:
-        tmp = out.with_suffix(".tmp")
-        tmp.write_text(json.dumps(result, indent=2) + "\n")
-        tmp.replace(out)
+        atomic_write_text(out, json.dumps(result, indent=2) + "\n")
 
     for method in [m for m in args.methods if m != "centralized"]:
         cfg = from_dict(RunConfig, federated(raw, method))
@@ -135,7 +135,6 @@ def main() -> None:
         if "tasks" not in result:
             result["tasks"] = run_tasks(run)
         tasks = result["tasks"]
-        metric = result.setdefault("metric", headline(cfg))
         row = summarize(run, tasks, metric)
         row["set"] = args.set
         keys = ("round", metric, *(f"{metric}_{t}" for t in tasks), f"{metric}_routed", "routing_accuracy")
@@ -150,8 +149,6 @@ def main() -> None:
         if "fltac" not in result:
             raise SystemExit("centralized needs FL-TAC's row (its steps per task): add fltac to --methods or --merge")
         holders = result["fltac"]["task_holders"]
-        # kept by --merge when only the centralized rows are rerun (it scored the same metric)
-        metric = result.setdefault("metric", headline(from_dict(RunConfig, federated(raw, "fltac"))))
         rows: dict[str, Any] = {}
         for t in result["tasks"]:
             single = {k: copy.deepcopy(v) for k, v in raw.items() if k not in ("federation", "algorithm", "comm")}

@@ -26,6 +26,7 @@ from fedpeft.algorithms.base import derive_seed
 from fedpeft.algorithms.fltac import cluster
 from fedpeft.algorithms.fltac.server import FLTAC
 from fedpeft.config import RunConfig, from_dict, parse_override
+from fedpeft.fileio import atomic_write_text
 from fedpeft.registry import register_algorithm
 from fedpeft.runtime import run_federated
 from fltac import set_key
@@ -104,8 +105,7 @@ def main() -> None:
     result = {"machine": machine_info(2), "recipe": str(args.recipe), "run_dir": str(run), "model": args.model}
     result.update(steps=args.steps, set=args.set, clustered_with=raw["algorithm"].get("distance", "flat"))
     result["rounds"] = ROUNDS
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
     for row in ROUNDS:
         print(row["round"], {k: f"{v['ari']:.3f}" for k, v in row["spaces"].items()}, row["cosine"])
 
