@@ -87,7 +87,7 @@ def child(args: argparse.Namespace) -> None:
     from fedpeft.config import RunConfig, from_dict
     from fedpeft.runs import RunDir
     from fedpeft.runtime.local import LocalGrid
-    from fedpeft.runtime.run import Session
+    from fedpeft.runtime.session import Session
     from fedpeft.runtime.setup import ServerModel, build_federated_data, build_model
 
     m: dict[str, Any] = {"num_clients": args.child, "up": args.up}

@@ -28,14 +28,14 @@ def cmd_list(args: argparse.Namespace) -> int:
         print(f"  {name:<22} {ds.task_type:<15} {ds.description}")
     from fedpeft.algorithms import get_algorithm
     from fedpeft.registry import ALGORITHMS
-    from fedpeft.runtime.run import _runtimes
+    from fedpeft.runtime.run import runtimes
 
     get_algorithm("fedavg")  # importing registers the built-in algorithms
     print("Algorithms:")
     for name, cls in ALGORITHMS.items():
         doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
         print(f"  {name:<16} {doc}")
-    print("Runtimes: " + ", ".join(sorted(_runtimes())))
+    print("Runtimes: " + ", ".join(sorted(runtimes())))
     return 0
 
 

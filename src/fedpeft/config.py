@@ -20,6 +20,7 @@ import tomllib
 
 from fedpeft.adapters import AdapterConfig
 from fedpeft.errors import ConfigError
+from fedpeft.registry import ALGORITHMS, load_plugins
 from fedpeft.training.loop import TrainConfig
 
 T = TypeVar("T")
@@ -227,6 +228,9 @@ class CommConfig:
     down: str = "none"
     topk_ratio: float = 0.1
     error_feedback: bool = True
+    #: compressor of other payload kinds (``activations``, ``gradients``, ``features``, ...), both directions;
+    #: kinds not named here travel losslessly (integer and bool tensors always do)
+    payloads: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         from fedpeft.comm.compression import COMPRESSORS
@@ -236,6 +240,11 @@ class CommConfig:
         down_allowed = sorted(n for n in COMPRESSORS if n != "topk")
         if self.down not in down_allowed:
             raise ConfigError("comm.down", self.down, down_allowed)
+        for kind, name in self.payloads.items():
+            if kind == "adapter":
+                raise ConfigError("comm.payloads.adapter", name, "comm.up / comm.down (adapter tensors use those)")
+            if not isinstance(name, str) or name not in COMPRESSORS:
+                raise ConfigError(f"comm.payloads.{kind}", name, sorted(COMPRESSORS))
         if not 0 < self.topk_ratio <= 1:
             raise ConfigError("comm.topk_ratio", self.topk_ratio, "a number in (0, 1]")
 
@@ -287,6 +296,62 @@ class DeployConfig:
 
 
 @dataclass
+class ServerDataConfig:
+    """Examples the server holds itself (e.g. FedPT's unlabeled prompts for distillation): a registered dataset's
+    split, encoded with the clients' tokenizer and the dataset's template.
+
+    It may never be the evaluation split, nor the clients' training split of the same dataset (that data is the
+    clients'). ``labels = false`` (the default) drops labels and responses: the server sees prompts only.
+    """
+
+    dataset: str = ""
+    split: str = "train"
+    data_dir: str | None = None
+    limit: int | None = None
+    labels: bool = False
+    template: str | None = None
+
+    def __post_init__(self) -> None:
+        from fedpeft.registry import DATASETS
+
+        if self.dataset not in DATASETS:
+            raise ConfigError("server.data.dataset", self.dataset, DATASETS.names())
+        splits = DATASETS.get(self.dataset).splits
+        if self.split not in splits:
+            raise ConfigError("server.data.split", self.split, list(splits))
+        if self.limit is not None and (isinstance(self.limit, bool) or self.limit < 1):
+            raise ConfigError("server.data.limit", self.limit, "a positive integer or omitted")
+
+
+@dataclass
+class ServerConfig:
+    """The server's own resources, loaded once in the server process only (clients never load them).
+
+    ``models`` maps a role to a model (a bundled short name, local path or hub id), e.g. ``large = "tiny-large"``.
+    Each is loaded frozen on ``device``; an algorithm reads them by role (``ServerContext.models``) and may attach
+    adapters and run backward through them. ``same_vocab`` lists roles (``client`` = the clients' ``model.name``)
+    that must share one vocabulary; it is checked before any work starts. ``data`` is the server's own examples.
+    """
+
+    models: dict[str, str] = field(default_factory=dict)
+    device: str = "auto"
+    dtype: str = "float32"
+    same_vocab: list[str] = field(default_factory=list)
+    data: ServerDataConfig | None = None
+
+    def __post_init__(self) -> None:
+        for role, name in self.models.items():
+            if role == "client" or not role.isidentifier():
+                raise ConfigError(f"server.models.{role}", name, "a role that is an identifier other than 'client'")
+            if not isinstance(name, str) or not name:
+                raise ConfigError(f"server.models.{role}", name, "a bundled model name, local path or hub id")
+        known = ["client", *self.models]
+        unknown = [r for r in self.same_vocab if r not in known]
+        if unknown:
+            raise ConfigError("server.same_vocab", self.same_vocab, f"roles among {known}")
+
+
+@dataclass
 class RunConfig(JobConfig):
     """A federated job: the centralized job's model/data/adapter/train (``train`` = each client's local steps per
     round) plus the federation, the wire, and the algorithm's own table ``[algorithm]`` (typed by the registered
@@ -296,18 +361,23 @@ class RunConfig(JobConfig):
     federation: FederationConfig = field(default_factory=FederationConfig)
     comm: CommConfig = field(default_factory=CommConfig)
     deploy: DeployConfig = field(default_factory=DeployConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
     algorithm: Any = field(default_factory=dict)
+    #: modules imported before names are looked up, in the server and every client process (they register their
+    #: own algorithms, datasets or PEFT methods); built-in algorithms are found without being listed
+    plugins: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        from fedpeft.algorithms import get_algorithm
-
-        if self.federation.runtime == "deploy" and self.deploy.certs:
-            from fedpeft.runtime.deploy.certs import CertPaths
-
-            paths = CertPaths(Path(self.deploy.certs))  # checked before any work starts
-            paths.check(0 if self.deploy.superlink else self.federation.num_clients, server=not self.deploy.superlink)
-        algo = get_algorithm(self.federation.algorithm, field="federation.algorithm")
+        held = self.server.data
+        if held is not None and held.dataset in self.data.tasks:
+            clients = (self.data.train_split, "the clients' training split")
+            for split, what in (clients, (self.data.eval_split, "the evaluation split")):
+                if held.split == split:
+                    raise ConfigError("server.data.split", held.split, f"a split other than {what} ({split!r})")
+        # Plugins first: they may register the algorithm (or dataset) this config names, in every process.
+        load_plugins(self.plugins)
+        algo = ALGORITHMS.get(self.federation.algorithm, "federation.algorithm")
         if isinstance(self.algorithm, dict):
             self.algorithm = from_dict(algo.config_cls, self.algorithm, "algorithm")
         elif not isinstance(self.algorithm, algo.config_cls):

@@ -6,7 +6,9 @@ method is one ``register_*`` call in its own module and nothing else changes.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import importlib
+import pkgutil
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Generic, TypeVar
 
 from fedpeft.errors import ConfigError
@@ -23,9 +25,15 @@ T = TypeVar("T")
 class Registry(Generic[T]):
     """A name -> object table for one kind of component (PEFT methods, datasets, models, algorithms)."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, loader: Callable[[], None] | None = None) -> None:
         self.kind = kind
         self._items: dict[str, T] = {}
+        self._loader = loader  # imports the modules that register the built-in items, on first lookup
+
+    def _load(self) -> None:
+        if self._loader is not None:
+            loader, self._loader = self._loader, None
+            loader()
 
     def register(self, name: str, obj: T) -> T:
         """Add ``obj`` under ``name``; registering a name twice is a programming error."""
@@ -44,28 +52,51 @@ class Registry(Generic[T]):
 
     def get(self, name: str, field: str | None = None) -> T:
         """Look ``name`` up; an unknown name raises ConfigError listing the registered names."""
+        self._load()
         try:
             return self._items[name]
         except KeyError:
             raise ConfigError(field or self.kind, name, self.names()) from None
 
     def names(self) -> list[str]:
+        self._load()
         return sorted(self._items)
 
     def items(self) -> Iterator[tuple[str, T]]:
+        self._load()
         return iter(sorted(self._items.items()))
 
     def __contains__(self, name: object) -> bool:
+        self._load()
         return name in self._items
 
     def __len__(self) -> int:
+        self._load()
         return len(self._items)
+
+
+def import_subpackages(package: str) -> None:
+    """Import every subpackage of ``package`` (found on disk, no hand-kept list): how built-in algorithms register."""
+    pkg = importlib.import_module(package)
+    for info in pkgutil.iter_modules(pkg.__path__, prefix=f"{package}."):
+        if info.ispkg:
+            importlib.import_module(info.name)
+
+
+def load_plugins(modules: Iterable[str], field: str = "plugins") -> None:
+    """Import modules that register their own algorithms, datasets or methods (``plugins = ["my_pkg.algo"]`` in a
+    recipe: imported in the server and in every client process before the config's names are looked up)."""
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            raise ConfigError(field, name, f"an importable module ({exc})") from None
 
 
 PEFT_METHODS: Registry[PeftMethod] = Registry("peft method")
 DATASETS: Registry[DatasetSpec] = Registry("dataset")
 MODELS: Registry[ModelSpec] = Registry("model")
-ALGORITHMS: Registry[type[Algorithm]] = Registry("algorithm")
+ALGORITHMS: Registry[type[Algorithm]] = Registry("algorithm", lambda: import_subpackages("fedpeft.algorithms"))
 
 
 def register_peft(method: PeftMethod) -> PeftMethod:

@@ -76,7 +76,10 @@ def test_ledger_totals_and_records() -> None:
     assert ledger.per_round("down") == {1: 100}
     assert ledger.per_client("up") == {"c0": 50, "3": 60}
     recs = ledger.to_records()
-    assert recs[0] == {"event": "bytes", "round": 1, "client_id": "c0", "direction": "down", "nbytes": 100}
+    assert recs[0] == {
+        "event": "bytes", "round": 1, "client_id": "c0", "direction": "down", "nbytes": 100, "kind": "adapter",
+        "phase": "round",
+    }  # fmt: skip
     assert len(recs) == 4
 
 

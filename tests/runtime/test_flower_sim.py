@@ -147,12 +147,20 @@ def test_client_state_round_trips_including_bf16() -> None:
         state_to_records({"nested": {"a": 1}})
 
 
-def test_client_app_handles_every_registered_action() -> None:
-    registered = set(flower_client_module.app._registered_funcs)  # Flower keeps "<category>.<action>" names
-    for _, cls in ALGORITHMS.items():
-        for action in cls.client_app.actions:
-            assert (action if "." in action else f"{action}.default") in registered
-    assert {"query.fedpeft_hello", "query.fedpeft_state_get", "query.fedpeft_state_set"} <= registered
+def test_client_app_routes_every_message_type(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One dispatcher: control queries to their functions, every other type (any algorithm's, a plugin's included,
+    registered or not) to ``handle``, which answers unknown actions with an error naming the ones it has."""
+    from types import SimpleNamespace
+
+    seen: list[str] = []
+    monkeypatch.setattr(flower_client_module, "handle", lambda m, c: seen.append(m.metadata.message_type))
+    monkeypatch.setattr(flower_client_module, "_CONTROL", {**flower_client_module._CONTROL, "query.fedpeft_hello": (
+        lambda m, c: seen.append("hello"))})  # fmt: skip
+    actions = [a for _, cls in ALGORITHMS.items() for a in cls.client_app.actions] + ["train.some_plugin_action"]
+    for action in [*actions, "query.fedpeft_hello"]:
+        flower_client_module.app(SimpleNamespace(metadata=SimpleNamespace(message_type=action)), None)
+    assert seen == [*actions, "hello"]
+    assert {"train", "train.fltac", "query.fltac", "train.flora"} <= set(actions)
 
 
 def test_config_text_round_trips(tmp_path: Path) -> None:
@@ -249,7 +257,7 @@ def in_process(built: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
     for attr, value in (("_run_id", 1), ("_node_id", 0), ("_task_id", 1)):
         monkeypatch.setattr(TaskIdentity, attr, value)
     worker = flower_client_module._Worker(cfg, model, dict(enumerate(clients)))
-    monkeypatch.setattr(flower_client_module, "_CACHE", {text: worker})
+    monkeypatch.setattr(flower_client_module, "_CACHE", {flower_client_module.config_digest(text): worker})
     return cfg, text, model, clients, get_algorithm("fedavg").client_app
 
 

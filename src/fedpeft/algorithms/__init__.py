@@ -40,16 +40,16 @@ from fedpeft.algorithms.lora_aggregation import (
 
 
 def load_builtin_algorithms() -> None:
-    """Import the built-in algorithm packages, which registers them (idempotent)."""
-    import fedpeft.algorithms.fedavg
-    import fedpeft.algorithms.fltac  # noqa: F401
+    """Import the built-in algorithm packages (every subpackage of ``fedpeft.algorithms``, found on disk), which
+    registers them (idempotent; :data:`fedpeft.registry.ALGORITHMS` does it on its first lookup anyway)."""
+    from fedpeft.registry import ALGORITHMS
+
+    ALGORITHMS.names()
 
 
 def get_algorithm(name: str, field: str = "federation.algorithm") -> type[Algorithm]:
     """The registered algorithm class ``name``; an unknown name raises ConfigError listing the registered ones."""
     from fedpeft.registry import ALGORITHMS
-
-    load_builtin_algorithms()
 
     return ALGORITHMS.get(name, field)
 

@@ -33,6 +33,7 @@ Scalar = int | float | str | bool
 #: Flower's rule for message types, kept here so every algorithm is portable to Flower: ``train``, ``evaluate``,
 #: ``query``, or one of them followed by ``.<identifier>``.
 ACTION_RE = re.compile(r"^(train|evaluate|query)(\.[A-Za-z_][A-Za-z0-9_]*)?$")
+KIND_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 def derive_seed(*parts: int | str) -> int:
@@ -56,16 +57,27 @@ class Msg:
         Small settings (round, learning rate, rank, ...).
     metrics : dict[str, float]
         Numbers reported back (``num_examples``, ``loss``, ``accuracy``, ...).
+    kinds : dict[str, str]
+        The payload kind of arrays that are not adapter tensors, by key (e.g. ``{"ids": "ids"}``). Adapter tensors
+        (the default kind) are compressed with ``comm.up`` / ``comm.down``; every other kind travels losslessly
+        unless ``comm.payloads`` names a compressor for it; integer and bool tensors are always lossless. The
+        ledger counts bytes per kind.
     """
 
     action: str
     arrays: dict[str, Tensor] = field(default_factory=dict)
     config: dict[str, Scalar] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
+    kinds: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not ACTION_RE.match(self.action):
             raise ValueError(f"message action {self.action!r} is invalid; expected train|evaluate|query[.<identifier>]")
+        for key, kind in self.kinds.items():
+            if key not in self.arrays:
+                raise ValueError(f"message kinds name {key!r}, which is not one of its arrays")
+            if not KIND_RE.match(kind):
+                raise ValueError(f"payload kind {kind!r} of {key!r} must be an identifier")
         # Flower's ConfigRecord holds only these; checking here makes every runtime reject the same messages.
         for key, value in self.config.items():
             if not isinstance(value, (int, float, str, bool)):
@@ -82,6 +94,7 @@ class Reply:
     bytes_up: int = 0
     bytes_down: int = 0
     seconds: float = 0.0
+    cost: dict[str, float] = field(default_factory=dict)  # the device's cost of serving it (see runtime.transport)
 
     @property
     def ok(self) -> bool:
@@ -132,6 +145,8 @@ class ClientContext:
     data: ClientData
     state: dict[str, Any]
     cfg: RunConfig
+    #: device-cost overrides a handler may set (``params_held``, ``trainable_params``), reported with the reply
+    cost: dict[str, float] = field(default_factory=dict)
 
     def generator(self, round: int, *salt: int | str) -> torch.Generator:
         """A generator seeded by (job seed, round, client, salt): the same on every runtime and after resume."""
@@ -204,9 +219,26 @@ class EvalSet(Protocol):
 
 
 @dataclass
+class ServerData:
+    """Examples the server holds itself (``[server.data]``), encoded with the clients' tokenizer: prompts only
+    (``labels`` all -100, ``label`` -1) unless the recipe asks for labels. Never the evaluation split."""
+
+    examples: Sequence[Mapping[str, Any]]
+    collate: Callable[[Sequence[Mapping[str, Any]]], dict[str, Tensor]]
+    labeled: bool
+
+
+@dataclass
 class ServerContext:
-    """What the runtime gives the server program: config, the initial adapter, the server-side evaluator and the
-    run directory's writers (a runtime-independent view, so the same algorithm runs everywhere)."""
+    """What the runtime gives the server program: config, the initial adapter, the server-side evaluator, the run
+    directory's writers, and the server's own resources (a runtime-independent view, so the same algorithm runs
+    everywhere).
+
+    ``models`` (by role, from ``[server.models]``) are loaded once, frozen, on ``device``, in the server process only:
+    clients never load them. An algorithm may attach adapters to them and run backward (their state is the
+    algorithm's to checkpoint, in :meth:`Algorithm.state_dict`). ``tokenizers`` are theirs; ``server_data`` is
+    ``[server.data]``.
+    """
 
     cfg: RunConfig
     initial_state: State
@@ -216,6 +248,10 @@ class ServerContext:
     checkpoint: Callable[[int, dict[str, Any]], None]
     on_round: Callable[[int, dict[str, Any]], None] = lambda rnd, info: None
     eval_set: EvalSet | None = None
+    models: Mapping[str, torch.nn.Module] = field(default_factory=dict)
+    tokenizers: Mapping[str, Any] = field(default_factory=dict)
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    server_data: ServerData | None = None
 
 
 @dataclass
@@ -256,6 +292,7 @@ class Algorithm(abc.ABC):
         self.history: list[dict[str, Any]] = []  # global eval per evaluated round (round 0 = before training)
         self.replied: list[int] = []  # clients whose last collect() reply came back without error
         self.failures: list[int] = []  # clients that failed (error, timeout, offline) in the current round
+        self.phases: dict[str, dict[str, Any]] = {}  # prepare / finish: seconds, bytes (when the phase ran)
 
     # ------------------------------------------------------------------ hooks
     @classmethod
@@ -284,12 +321,24 @@ class Algorithm(abc.ABC):
         """Write files that belong with the final adapters into ``folder`` (e.g. FL-TAC's router)."""
         return None
 
+    def prepare(self, grid: Grid) -> dict[str, Any] | None:
+        """Work before round 1, as its own phase (e.g. FedHDS's data selection, a first-contact query): any number
+        of exchanges (their bytes are tagged ``prepare`` in the ledger). Return fields for the ``phase`` event, or
+        None when there is no such phase (the default): then nothing is logged or checkpointed for it."""
+        return None
+
+    def finish(self, grid: Grid) -> dict[str, Any] | None:
+        """Work after the last round, as its own phase (e.g. a last distillation or export exchange); like
+        :meth:`prepare`."""
+        return None
+
     def state_dict(self) -> dict[str, Any]:
         """Everything a checkpoint must hold to continue after this round (tensors and plain data)."""
-        return {"history": self.history}
+        return {"history": self.history, "phases": self.phases}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.history = list(state["history"])
+        self.phases = {k: dict(v) for k, v in state.get("phases", {}).items()}
 
     # ------------------------------------------------------------------ shared steps
     def client_lr(self, rnd: int) -> float:
@@ -380,12 +429,32 @@ class Algorithm(abc.ABC):
         return metrics
 
     # ------------------------------------------------------------------ the loop
+    def _phase(self, name: str, rnd: int, grid: Grid, work: Callable[[Grid], dict[str, Any] | None]) -> None:
+        """Run ``prepare`` or ``finish``: bytes tagged with the phase, a ``phase`` event, a checkpoint after it."""
+        if name in self.phases:
+            return  # done before the checkpoint this run resumed from
+        t0 = time.perf_counter()
+        with grid.ledger.phase(name):
+            info = work(grid)
+        if info is None:
+            return
+        ledger = grid.ledger
+        record = {
+            "seconds": round(time.perf_counter() - t0, 3),
+            "bytes_up": ledger.total("up", phase=name),
+            "bytes_down": ledger.total("down", phase=name),
+        }
+        self.phases[name] = record
+        self.server.log("phase", round=rnd, name=name, **record, **info)
+        self.server.checkpoint(rnd, self.state_dict())
+
     def run(self, grid: Grid, start_round: int = 1) -> dict[str, Any]:
-        """Rounds ``start_round .. rounds``: fit, evaluate, save the adapter, checkpoint. Returns the summary's
-        ``initial`` / ``final`` / ``best`` metrics."""
+        """Phase ``prepare``, rounds ``start_round .. rounds`` (fit, evaluate, save the adapter, checkpoint), phase
+        ``finish``. Returns the summary's ``initial`` / ``final`` / ``best`` metrics and the phases."""
         fed = self.cfg.federation
-        if start_round == 1:
+        if start_round == 1 and not self.history:
             self._evaluate(0)
+        self._phase("prepare", 0, grid, self.prepare)
         for rnd in range(start_round, fed.rounds + 1):
             t0 = time.perf_counter()
             self.failures = []
@@ -400,14 +469,15 @@ class Algorithm(abc.ABC):
             if fed.client_eval_every and (rnd % fed.client_eval_every == 0 or rnd == fed.rounds):
                 self.evaluate_clients(rnd, grid)
             info["failures"] = len(self.failures)
-            info["bytes_up"] = grid.ledger.per_round("up").get(rnd, 0)
-            info["bytes_down"] = grid.ledger.per_round("down").get(rnd, 0)
+            info["bytes_up"] = grid.ledger.per_round("up", phase="round").get(rnd, 0)
+            info["bytes_down"] = grid.ledger.per_round("down", phase="round").get(rnd, 0)
             info["seconds"] = round(time.perf_counter() - t0, 3)
             self.server.log("round", round=rnd, **{k: v for k, v in info.items() if k != "eval"})
             if fed.save_adapters_every and (rnd % fed.save_adapters_every == 0 or rnd == fed.rounds):
                 self.save_adapters(f"adapters/round_{rnd:04d}")
             self.server.checkpoint(rnd, self.state_dict())
             self.server.on_round(rnd, info)
+        self._phase("finish", fed.rounds, grid, self.finish)
         return self.results()
 
     def save_adapters(self, relative: str) -> None:
@@ -426,4 +496,6 @@ class Algorithm(abc.ABC):
             key, better = prim
             best = better(self.history[1:] or self.history, key=lambda h: h[key])
             out["best"] = {key: best[key], "round": best["round"]}
+        if self.phases:
+            out["phases"] = self.phases
         return out

@@ -1,13 +1,18 @@
-"""Communication: the codec (adapter state <-> wire records), compression and the byte ledger."""
+"""Communication: the codec (state <-> wire tensors, per payload kind), compression, channels and the byte ledger.
+
+This layer knows nothing about algorithms: converting an algorithm's message to a :class:`Packet` and serving it on
+a client is :mod:`fedpeft.runtime.transport`.
+"""
 
 from fedpeft.comm.codec import WireState, decode_state, encode_state
 from fedpeft.comm.compression import COMPRESSORS, Compressor, Encoded, TopKErrorFeedback, make_compressor
 from fedpeft.comm.ledger import ByteLedger
-from fedpeft.comm.transport import Packet, pack, serve, unpack
+from fedpeft.comm.transport import Channel, Packet
 
 __all__ = [
     "COMPRESSORS",
     "ByteLedger",
+    "Channel",
     "Compressor",
     "Encoded",
     "Packet",
@@ -16,7 +21,4 @@ __all__ = [
     "decode_state",
     "encode_state",
     "make_compressor",
-    "pack",
-    "serve",
-    "unpack",
 ]

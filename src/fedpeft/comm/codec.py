@@ -4,12 +4,18 @@
 inverts it. The wire keys are ``"<state key>|<payload part>"``. bf16 payloads are bit-cast to int16 and tagged in
 the metadata (Flower's ArrayRecord refuses bf16), so ``WireState.tensors`` can go into an ArrayRecord as is.
 ``to_bytes``/``from_bytes`` use safetensors with the metadata as JSON in the safetensors metadata header.
+
+Every entry has a payload *kind* (``adapter`` unless the message says otherwise: ``ids``, ``features``,
+``activations``, ...). Adapter entries go through the run's compressor (``comm.up`` / ``comm.down``); other kinds
+through their own (lossless unless configured), and integer or bool tensors are always sent losslessly, whatever
+the compressor: a quantized token id or cluster id is a different id.
 """
 
 from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,9 +23,13 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from fedpeft.comm.compression import Compressor, Encoded, make_compressor
+from fedpeft.comm.compression import Compressor, Encoded, LosslessCompressor, make_compressor
 
-__all__ = ["SEP", "WIRE_VERSION", "WireState", "decode_state", "encode_state"]
+__all__ = ["ADAPTER", "SEP", "WIRE_VERSION", "WireState", "decode_state", "encode_state"]
+
+#: the payload kind of adapter tensors (weights or updates), the default kind of every array
+ADAPTER = "adapter"
+_LOSSLESS = LosslessCompressor()
 
 SEP = "|"
 WIRE_VERSION = 1
@@ -51,6 +61,19 @@ class WireState:
         """State-dict keys, in order."""
         return [e["key"] for e in self.meta.get("entries", [])]
 
+    def kinds(self) -> dict[str, str]:
+        """``{key: kind}`` of the entries that are not :data:`ADAPTER` (the default kind)."""
+        return {e["key"]: e["kind"] for e in self.meta.get("entries", []) if e.get("kind", ADAPTER) != ADAPTER}
+
+    def nbytes_by_kind(self) -> dict[str, int]:
+        """Exact payload bytes per kind (kinds in order of first appearance)."""
+        out: dict[str, int] = {}
+        for e in self.meta.get("entries", []):
+            kind = e.get("kind", ADAPTER)
+            parts = [self.tensors[f"{e['key']}{SEP}{p}"] for p in e["parts"]]
+            out[kind] = out.get(kind, 0) + sum(t.numel() * t.element_size() for t in parts)
+        return out
+
     def to_bytes(self) -> bytes:
         """Serialize with safetensors; the metadata goes as JSON in the header's ``__metadata__``."""
         tensors = {k: t.contiguous() for k, t in self.tensors.items()}
@@ -77,28 +100,52 @@ class WireState:
         return cls({k: loaded[k] for k in order}, meta)
 
 
-def encode_state(state: dict[str, torch.Tensor], compressor: Compressor | str) -> WireState:
+def encode_state(
+    state: dict[str, torch.Tensor],
+    compressor: Compressor | str,
+    kinds: Mapping[str, str] | None = None,
+    compressors: Callable[[str], Compressor] | None = None,
+) -> WireState:
     """Compress every tensor of ``state`` (keys kept in order) into a :class:`WireState`.
 
-    ``compressor`` is a :class:`Compressor` (stateful ones, e.g. top-k with error feedback, keep their state
-    across calls) or a registered name.
+    Parameters
+    ----------
+    state : dict[str, Tensor]
+        What travels.
+    compressor : Compressor or str
+        For the :data:`ADAPTER` entries: a :class:`Compressor` (stateful ones, e.g. top-k with error feedback, keep
+        their state across calls) or a registered name.
+    kinds : Mapping[str, str], optional
+        ``{key: kind}`` for entries of another kind than :data:`ADAPTER`.
+    compressors : Callable[[str], Compressor], optional
+        The compressor of each other kind; lossless when omitted.
+
+    Integer and bool tensors are encoded losslessly whatever the kind's compressor.
     """
     comp = make_compressor(compressor) if isinstance(compressor, str) else compressor
     if not isinstance(state, dict):
         raise ValueError(f"state must be a dict of tensors, got {type(state).__name__}")
+    kinds = dict(kinds or {})
+    unknown = sorted(set(kinds) - set(state))
+    if unknown:
+        raise ValueError(f"payload kinds name keys {unknown} that the state does not have")
     tensors: dict[str, torch.Tensor] = {}
     entries: list[dict[str, Any]] = []
     for key, value in state.items():
         if not isinstance(key, str) or not key or SEP in key:
             raise ValueError(f"state key {key!r} must be a non-empty string without {SEP!r}")
-        enc = comp.compress(key, value)
+        kind = kinds.get(key, ADAPTER)
+        use = comp if kind == ADAPTER else (compressors(kind) if compressors is not None else _LOSSLESS)
+        if isinstance(value, torch.Tensor) and not value.is_floating_point():
+            use = _LOSSLESS  # ids, masks, counts: never cast or quantized
+        enc = use.compress(key, value)
         bitcast: dict[str, str] = {}
         for part, t in enc.payload.items():
             if t.dtype == torch.bfloat16:
                 t = t.contiguous().view(torch.int16)
                 bitcast[part] = "bfloat16"
             tensors[f"{key}{SEP}{part}"] = t
-        entries.append({"key": key, "meta": enc.meta, "parts": list(enc.payload), "bitcast": bitcast})
+        entries.append({"key": key, "meta": enc.meta, "parts": list(enc.payload), "bitcast": bitcast, "kind": kind})
     return WireState(tensors, {"version": WIRE_VERSION, "compressor": comp.name, "entries": entries})
 
 

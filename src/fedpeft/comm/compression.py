@@ -5,6 +5,8 @@ Byte counts come from :attr:`Encoded.nbytes`: the exact size of the payload tens
 
 Registered compressors (:data:`COMPRESSORS`):
 
+- ``lossless``: every tensor as it is, any dtype (integer ids, bool masks, fp16 activations): the default of every
+  payload kind but adapter updates (see :mod:`fedpeft.comm.codec`).
 - ``none``: identity, floating tensors sent as fp32.
 - ``fp16`` / ``bf16``: cast to half precision.
 - ``int8`` / ``int4``: symmetric per-tensor quantization with an fp32 absmax scale; int4 packs two values per byte.
@@ -30,6 +32,7 @@ __all__ = [
     "Encoded",
     "Int4Compressor",
     "Int8Compressor",
+    "LosslessCompressor",
     "TopKCompressor",
     "TopKErrorFeedback",
     "make_compressor",
@@ -120,6 +123,32 @@ class CastCompressor(Compressor):
     def decompress(self, encoded: Encoded) -> torch.Tensor:
         shape, dtype = _check_meta(encoded, self.name, ("values",))
         return encoded.payload["values"].reshape(shape).to(dtype)
+
+
+class LosslessCompressor(Compressor):
+    """Every tensor exactly as it is, of any dtype (integers, bool, floats of any width): ``numel * itemsize`` bytes.
+
+    bool travels as uint8 (the wire layer moves raw bytes; one byte per value either way).
+    """
+
+    name = "lossless"
+
+    def compress(self, name: str, tensor: torch.Tensor) -> Encoded:
+        if not isinstance(tensor, torch.Tensor):
+            raise ValueError(f"{name}: expected a torch.Tensor, got {type(tensor).__name__}")
+        values = tensor.detach().contiguous()
+        if values.dtype == torch.bool:
+            values = values.view(torch.uint8)
+        return Encoded({"values": values}, _base_meta(self.name, tensor))
+
+    def decompress(self, encoded: Encoded) -> torch.Tensor:
+        shape, dtype = _check_meta(encoded, self.name, ("values",))
+        values = encoded.payload["values"]
+        if dtype == torch.bool:
+            values = values.view(torch.bool)
+        if values.dtype != dtype:
+            raise ValueError(f"lossless payload has dtype {values.dtype}, its metadata says {dtype}")
+        return values.reshape(shape)
 
 
 def quantize_symmetric(x: torch.Tensor, qmax: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -280,6 +309,7 @@ def _topk_factory(ratio: float = 0.1, error_feedback: bool = True) -> Compressor
 
 
 COMPRESSORS: dict[str, Callable[..., Compressor]] = {
+    "lossless": LosslessCompressor,
     "none": lambda: CastCompressor("none", torch.float32),
     "fp16": lambda: CastCompressor("fp16", torch.float16),
     "bf16": lambda: CastCompressor("bf16", torch.bfloat16),

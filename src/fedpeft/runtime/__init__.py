@@ -1,5 +1,6 @@
 """Runtimes deliver an algorithm's messages: ``local`` (one process) and ``flower-sim`` (Flower's simulation engine)."""
 
-from fedpeft.runtime.run import Session, run_federated
+from fedpeft.runtime.run import run_federated
+from fedpeft.runtime.session import Session
 
 __all__ = ["Session", "run_federated"]

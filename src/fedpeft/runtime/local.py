@@ -15,12 +15,13 @@ import torch
 
 from fedpeft.algorithms import get_algorithm
 from fedpeft.algorithms.base import ClientApp, ClientContext, ClientData, Msg, Reply
-from fedpeft.comm.codec import WireState, encode_state
+from fedpeft.comm.codec import WireState
 from fedpeft.comm.ledger import ByteLedger
-from fedpeft.comm.transport import Packet, downlink_compressor, serve, unpack
+from fedpeft.comm.transport import Channel, Packet
 from fedpeft.config import RunConfig
-from fedpeft.runtime.run import Session
+from fedpeft.runtime.session import Session
 from fedpeft.runtime.setup import ServerModel, build_federated_data, build_model
+from fedpeft.runtime.transport import serve, unpack
 
 
 class LocalGrid:
@@ -41,17 +42,18 @@ class LocalGrid:
     ) -> list[Reply]:
         from tqdm.auto import tqdm
 
-        down = downlink_compressor(self.cfg.comm)
-        encoded: dict[int, WireState] = {}  # the same arrays object sent to many clients is encoded once
+        down = Channel(self.cfg.comm, "down")
+        encoded: dict[tuple[int, str], WireState] = {}  # the same arrays sent to many clients are encoded once
         replies: list[Reply] = []
         ordered = sorted(messages, key=lambda m: m[0])
         for cid, msg in tqdm(ordered, desc=f"round {round}", unit="client", leave=False, disable=self.quiet):
             if cid not in self.states:
                 raise ValueError(f"client id {cid} does not exist; clients are 0..{len(self.clients) - 1}")
-            wire = encoded.get(id(msg.arrays))
+            key = (id(msg.arrays), repr(sorted(msg.kinds.items())))
+            wire = encoded.get(key)
             if wire is None:
-                wire = encoded[id(msg.arrays)] = encode_state(dict(msg.arrays), down)
-            self.ledger.record(round, cid, "down", wire.nbytes)
+                wire = encoded[key] = down.encode(dict(msg.arrays), msg.kinds)
+            self.ledger.record_kinds(round, cid, "down", wire.nbytes_by_kind())
             # The handler works on a copy of the client's state, kept only if it succeeds (as Flower does).
             ctx = ClientContext(cid, self.model, self.clients[cid], dict(self.states[cid]), self.cfg)
             t0 = time.perf_counter()
@@ -61,8 +63,9 @@ class LocalGrid:
                 replies.append(Reply(cid, None, f"{type(exc).__name__}: {exc}", 0, wire.nbytes))
                 continue
             self.states[cid] = ctx.state
-            self.ledger.record(round, cid, "up", out.nbytes)
-            replies.append(Reply(cid, unpack(out), None, out.nbytes, wire.nbytes, time.perf_counter() - t0))
+            self.ledger.record_kinds(round, cid, "up", out.wire.nbytes_by_kind())
+            seconds = time.perf_counter() - t0
+            replies.append(Reply(cid, unpack(out), None, out.nbytes, wire.nbytes, seconds, dict(out.cost)))
         return replies
 
     # client states travel in local checkpoints (on Flower they live on the nodes)
@@ -71,8 +74,7 @@ class LocalGrid:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.states = {int(k): dict(v) for k, v in state["states"].items()}
-        for t in state["ledger"]:
-            self.ledger.record(t["round"], t["client_id"], t["direction"], t["nbytes"])
+        self.ledger.load_records(state["ledger"])
 
 
 def run_local(session: Session) -> None:

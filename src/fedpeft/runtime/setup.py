@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -20,11 +21,14 @@ import torch
 from fedpeft.adapters import adapter_state, attach_adapter, count_trainable, load_adapter_state, save_adapter
 from fedpeft.adapters.merge import added_to_base, lora_scaling
 from fedpeft.algorithms.aggregation import State
-from fedpeft.algorithms.base import ClientData, derive_seed
+from fedpeft.algorithms.base import ClientData, ServerData, derive_seed
 from fedpeft.algorithms.lora_aggregation import lora_deltas, lora_pairs
 from fedpeft.config import RunConfig
+from fedpeft.data import collate, encode_dataset
 from fedpeft.data.partition import partition_indices
-from fedpeft.models import load_model, load_tokenizer
+from fedpeft.errors import ConfigError
+from fedpeft.models import load_model, load_tokenizer, select_device
+from fedpeft.registry import DATASETS
 from fedpeft.training.centralized import Task, evaluate_task, example_scores, metric_name, prepare_task
 
 
@@ -145,3 +149,67 @@ class ServerModel:
     def size(self) -> dict[str, int]:
         s = count_trainable(self.model)
         return {"trainable_params": s.params, "trainable_bytes": s.bytes, "total_params": s.total_params}
+
+
+# ------------------------------------------------------------------------------------------------ the server's own
+@dataclass
+class ServerResources:
+    """``[server]``: models by role (frozen, on ``device``), their tokenizers, and the server's own examples."""
+
+    device: torch.device
+    models: dict[str, torch.nn.Module]
+    tokenizers: dict[str, Any]
+    data: ServerData | None
+
+
+def check_same_vocab(cfg: RunConfig, tokenizers: dict[str, Any]) -> None:
+    """Raise ConfigError when two roles of ``server.same_vocab`` have different vocabularies (``client`` is the
+    clients' model): logit arithmetic or distillation between them would mix up tokens."""
+    roles = cfg.server.same_vocab
+    names = {"client": cfg.model.name, **cfg.server.models}
+    if len(roles) < 2:
+        return
+    first = roles[0]
+    vocab = tokenizers[first].get_vocab()
+    for role in roles[1:]:
+        other = tokenizers[role].get_vocab()
+        if other != vocab:
+            differ = len(set(vocab.items()) ^ set(other.items()))
+            raise ConfigError(
+                "server.same_vocab",
+                roles,
+                f"models sharing one vocabulary; {first} = {names[first]!r} ({len(vocab)} tokens) and {role} = "
+                f"{names[role]!r} ({len(other)} tokens) differ in {differ} (token, id) entries",
+            )
+
+
+def server_examples(cfg: RunConfig, tokenizer: Any) -> ServerData | None:
+    """``[server.data]`` encoded with the clients' tokenizer; prompts only unless ``labels``."""
+    held = cfg.server.data
+    if held is None:
+        return None
+    spec = DATASETS.get(held.dataset, "server.data.dataset")
+    raw = spec.load_split(held.split, held.data_dir, held.limit)
+    rows = [dict(ex) for ex in encode_dataset(raw, tokenizer, held.template or spec.template, cfg.data.max_length)]
+    if not held.labels:
+        for ex in rows:  # the prompt and nothing else: no response tokens, no label
+            n = int(ex["prompt_length"])
+            ex["input_ids"] = list(ex["input_ids"][:n])
+            ex["labels"] = [-100] * n
+            ex["label"] = -1
+    return ServerData(rows, functools.partial(collate, pad_id=tokenizer.pad_token_id), held.labels)
+
+
+def build_server_resources(cfg: RunConfig, client_tokenizer: Any) -> ServerResources:
+    """Load the server's models (once, frozen, in this process only) and data; vocabularies checked first."""
+    srv = cfg.server
+    tokenizers = {"client": client_tokenizer, **{role: load_tokenizer(name) for role, name in srv.models.items()}}
+    check_same_vocab(cfg, tokenizers)
+    device = select_device(srv.device)
+    models: dict[str, torch.nn.Module] = {}
+    for role, name in srv.models.items():
+        model = load_model(name, srv.dtype, device)
+        model.requires_grad_(False)  # frozen until an algorithm attaches (and trains) an adapter
+        models[role] = model.eval()
+    tokenizers.pop("client")
+    return ServerResources(device, models, tokenizers, server_examples(cfg, client_tokenizer))

@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from fedpeft.config import RunConfig
 from fedpeft.runtime.deploy.cluster import (
     DeploymentError,
     LocalCluster,
@@ -33,7 +34,7 @@ from fedpeft.runtime.deploy.cluster import (
     write_flwr_home,
 )
 from fedpeft.runtime.deploy.server import ERROR_FILE
-from fedpeft.runtime.run import Session
+from fedpeft.runtime.session import Session
 
 __all__ = ["DeploymentError", "run_deploy"]
 
@@ -96,6 +97,15 @@ def _sigterm_unwinds() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def check_deploy(cfg: RunConfig) -> None:
+    """What the deploy runtime needs before any work starts: a given certs folder holds what it must."""
+    if cfg.deploy.certs:
+        from fedpeft.runtime.deploy.certs import CertPaths
+
+        dep = cfg.deploy
+        CertPaths(Path(dep.certs)).check(0 if dep.superlink else cfg.federation.num_clients, server=not dep.superlink)
 
 
 def run_deploy(session: Session) -> None:

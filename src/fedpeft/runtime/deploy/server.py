@@ -32,7 +32,7 @@ def serve(grid: Any, context: Any) -> None:
         from fedpeft.runtime.checkpoint import load_checkpoint
         from fedpeft.runtime.deploy.grid import DeployGrid
         from fedpeft.runtime.flower import config_text
-        from fedpeft.runtime.run import Session
+        from fedpeft.runtime.session import Session
         from fedpeft.runtime.setup import ServerModel, build_federated_data, build_model
 
         if not (run_path / "config.toml").is_file():

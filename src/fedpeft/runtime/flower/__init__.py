@@ -34,7 +34,7 @@ from flwr.simulation import run_simulation
 from fedpeft.config import RunConfig, from_dict, to_dict
 from fedpeft.runtime.flower.client_app import app as flower_client_app
 from fedpeft.runtime.flower.grid import FlowerGrid
-from fedpeft.runtime.run import Session
+from fedpeft.runtime.session import Session
 from fedpeft.runtime.setup import ServerModel, build_federated_data, build_model
 
 __all__ = ["FlowerGrid", "config_text", "flower_client_app", "run_flower_sim"]

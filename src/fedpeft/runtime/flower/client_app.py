@@ -5,18 +5,22 @@ worker process imports this module once, and :data:`_CACHE` (model + client data
 process. Flower does not pin nodes to workers, so everything per *client* (error-feedback residuals, ...) lives in
 the node's ``context.state`` instead, which Flower ships to whichever worker runs the message.
 
-Each message carries the run's resolved config as TOML text in its header; a worker builds the model and the
-federated data from it once (both deterministic from the config, so every process holds identical copies), picks
-the client's data by ``node_config["partition-id"]`` and runs :func:`fedpeft.comm.transport.serve`, the same client
-path as the ``local`` runtime.
+The run's resolved config (TOML text) goes to each node once, with the hello query, and is kept in the node's
+``context.state``; every later message carries only its digest. A worker builds the model and the federated data
+from the config once (both deterministic from it, so every process holds identical copies), picks the client's
+data by ``node_config["partition-id"]`` and runs :func:`fedpeft.runtime.transport.serve`, the same client path as
+the ``local`` runtime.
 
-Besides the algorithms' actions, three control queries are registered (prefix ``fedpeft_``, reserved):
-``query.fedpeft_hello`` (partition id of the node, and warm-up of the worker), ``query.fedpeft_state_get`` and
-``query.fedpeft_state_set`` (read / replace the node's client state, for checkpoints and resume).
+Every message type reaches one dispatcher (:class:`FedpeftClientApp`), so algorithms registered by plugins (imported
+when a worker reads the run's config) need no Flower registration at import. Three control queries (prefix
+``fedpeft_``, reserved): ``query.fedpeft_hello`` (the config; partition id of the node, and warm-up of the worker),
+``query.fedpeft_state_get`` and ``query.fedpeft_state_set`` (read / replace the node's client state, for
+checkpoints and resume).
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 import time
 import traceback
@@ -32,11 +36,9 @@ import torch
 from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp as FlowerClientApp
 
-from fedpeft.algorithms import get_algorithm, load_builtin_algorithms
+from fedpeft.algorithms import get_algorithm
 from fedpeft.algorithms.base import ClientContext, ClientData
-from fedpeft.comm.transport import serve
 from fedpeft.config import RunConfig, from_dict
-from fedpeft.registry import ALGORITHMS
 from fedpeft.runtime.flower.records import (
     HEADER,
     packet_to_records,
@@ -46,23 +48,25 @@ from fedpeft.runtime.flower.records import (
     state_to_records,
 )
 from fedpeft.runtime.setup import build_federated_data, build_model
-
-load_builtin_algorithms()  # registers the built-in algorithms before the registry is read below
+from fedpeft.runtime.transport import serve
 
 __all__ = [
     "CONFIG_KEY",
+    "DIGEST_KEY",
     "HELLO",
     "PARTITION_KEY",
     "SECONDS_KEY",
     "STATE_GET",
     "STATE_KEYS",
     "STATE_SET",
+    "FedpeftClientApp",
     "app",
-    "flower_actions",
+    "config_digest",
 ]
 
 #: header entries added by this runtime (see records.packet_to_records ``extra``)
-CONFIG_KEY = "run_config"  # resolved RunConfig as TOML text, on every message the server sends
+CONFIG_KEY = "run_config"  # resolved RunConfig as TOML text, in the hello query only
+DIGEST_KEY = "run_config_sha256"  # its digest, on every other message the server sends
 SECONDS_KEY = "seconds"  # time the client spent serving the message, on every reply
 STATE_KEYS = "state_keys"  # number of entries in the client's state after the message, on every reply
 PARTITION_KEY = "partition_id"  # in the hello reply
@@ -73,11 +77,10 @@ STATE_GET = f"query.{CONTROL_PREFIX}state_get"
 STATE_SET = f"query.{CONTROL_PREFIX}state_set"
 #: records of the client state in ``context.state`` (and in state_get / state_set messages)
 STATE_TENSORS, STATE_SCALARS = "fedpeft_state_tensors", "fedpeft_state_scalars"
+#: record in ``context.state`` holding the run config the hello brought (text and digest)
+RUN_CONFIG = "fedpeft_run_config"
 #: ErrorCode.CLIENT_APP_RAISED_EXCEPTION (flwr.common.constant); the code Flower itself uses for a raising handler
 CLIENT_EXCEPTION_CODE = 2
-
-app = FlowerClientApp()
-
 
 @dataclass
 class _Worker:
@@ -101,12 +104,29 @@ class ProcessRole:
 
 ROLE = ProcessRole()
 
-# One entry at most: a worker serves one run; a different config text means a new run, so the old one is dropped.
+# One entry at most, by config digest: a worker serves one run; another config is a new run (the old one is dropped).
 _CACHE: dict[str, _Worker] = {}
 
 
-def _worker(config_text: str) -> _Worker:
-    hit = _CACHE.get(config_text)
+def config_digest(config_text: str) -> str:
+    """The digest that stands for a run's config on every message after the hello."""
+    return hashlib.sha256(config_text.encode()).hexdigest()
+
+
+def _config_text(msg: Message, context: Context) -> tuple[str, str]:
+    """(digest, text) of the run config a message belongs to: the text the hello left in the node's state."""
+    digest = str(read_header(msg.content, DIGEST_KEY))
+    if RUN_CONFIG not in context.state.config_records:
+        raise RuntimeError("this node was not greeted for the run (no run config in its state); the server greets")
+    held = context.state.config_records[RUN_CONFIG]
+    if held["digest"] != digest:
+        raise RuntimeError(f"this node holds run config {str(held['digest'])[:12]}, the message is for {digest[:12]}")
+    return digest, str(held["text"])
+
+
+def _worker(config_text: str, digest: str | None = None) -> _Worker:
+    digest = digest or config_digest(config_text)
+    hit = _CACHE.get(digest)
     if hit is not None:
         return hit
     _CACHE.clear()
@@ -119,7 +139,7 @@ def _worker(config_text: str) -> _Worker:
     keep = range(len(data.clients)) if ROLE.partition is None else [ROLE.partition]
     if ROLE.partition is not None and ROLE.partition >= len(data.clients):
         raise ValueError(f"this node serves partition {ROLE.partition}, but the run has {len(data.clients)} clients")
-    worker = _CACHE[config_text] = _Worker(cfg, model, {cid: data.clients[cid] for cid in keep})
+    worker = _CACHE[digest] = _Worker(cfg, model, {cid: data.clients[cid] for cid in keep})
     return worker
 
 
@@ -169,7 +189,7 @@ def handle(msg: Message, context: Context) -> Message:
     """
     try:
         t0 = time.perf_counter()
-        worker = _worker(str(read_header(msg.content, CONFIG_KEY)))
+        worker = _worker(*reversed(_config_text(msg, context)))
         packet = records_to_packet(msg.content)
         if packet.action != msg.metadata.message_type:
             raise ValueError(f"message type {msg.metadata.message_type!r} differs from its action {packet.action!r}")
@@ -186,26 +206,27 @@ def handle(msg: Message, context: Context) -> Message:
     return Message(content, reply_to=msg)
 
 
-@app.query(HELLO.split(".", 1)[1])
 def hello(msg: Message, context: Context) -> Message:
-    """Report this node's partition id (the fedpeft client id) and build the worker's model and data now, so that
-    start-up cost (and start-up errors) show here rather than inside the first round's timeout."""
+    """Keep the run's config in the node's state, report this node's partition id (the fedpeft client id) and build
+    the worker's model and data now, so that start-up cost (and start-up errors) show here rather than inside the
+    first round's timeout."""
     try:
-        _worker(str(read_header(msg.content, CONFIG_KEY)))
+        text = str(read_header(msg.content, CONFIG_KEY))
+        digest = config_digest(text)
+        _worker(text, digest)
+        context.state[RUN_CONFIG] = ConfigRecord({"text": text, "digest": digest})
         content = RecordDict({HEADER: ConfigRecord({PARTITION_KEY: _partition_id(context)})})
     except Exception:
         return _error_reply(msg)
     return Message(content, reply_to=msg)
 
 
-@app.query(STATE_GET.split(".", 1)[1])
 def state_get(msg: Message, context: Context) -> Message:
     """Reply with the node's client state records (empty records when it has none)."""
     tensors, scalars = state_to_records(_load_state(context))
     return Message(RecordDict({STATE_TENSORS: tensors, STATE_SCALARS: scalars}), reply_to=msg)
 
 
-@app.query(STATE_SET.split(".", 1)[1])
 def state_set(msg: Message, context: Context) -> Message:
     """Replace the node's client state by the records in the message (resume from a checkpoint)."""
     context.state[STATE_TENSORS] = msg.content.array_records[STATE_TENSORS]
@@ -213,25 +234,17 @@ def state_set(msg: Message, context: Context) -> Message:
     return Message(RecordDict(), reply_to=msg)
 
 
-def flower_actions() -> list[str]:
-    """Every action of every registered algorithm's client app (the Flower message types we must handle)."""
-    actions: set[str] = set()
-    for name, cls in ALGORITHMS.items():
-        client_app = getattr(cls, "client_app", None)
-        if client_app is None:
-            raise TypeError(f"algorithm {name!r} ({cls.__qualname__}) has no client_app")
-        actions.update(client_app.actions)
-    return sorted(actions)
+_CONTROL: dict[str, Callable[[Message, Context], Message]] = {HELLO: hello, STATE_GET: state_get, STATE_SET: state_set}
 
 
-def _register(action: str) -> None:
-    category, _, name = action.partition(".")
-    if name.startswith(CONTROL_PREFIX):
-        raise ValueError(f"action {action!r}: the prefix {CONTROL_PREFIX!r} is reserved for the Flower runtime")
-    decorators: dict[str, Callable[..., Any]] = {"train": app.train, "evaluate": app.evaluate, "query": app.query}
-    decorators[category](name or "default")(handle)
+class FedpeftClientApp(FlowerClientApp):
+    """Flower's ClientApp with one dispatcher for every fedpeft message type: the control queries go to their
+    functions, everything else to :func:`handle` (which finds the algorithm's handler by action, or replies with an
+    error naming the actions it has). No per-action registration, so an algorithm that a plugin registers (imported
+    when the worker reads the run's config) is served like a built-in one."""
+
+    def __call__(self, message: Message, context: Context) -> Message:
+        return _CONTROL.get(message.metadata.message_type, handle)(message, context)
 
 
-# Flower maps a bare "train" to "train.default": register each normalised name once.
-for _action in sorted({a if "." in a else f"{a}.default" for a in flower_actions()}):
-    _register(_action)
+app = FedpeftClientApp()

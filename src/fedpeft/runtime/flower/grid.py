@@ -21,12 +21,13 @@ from flwr.serverapp import Grid as FlowerGridAPI
 
 from fedpeft.algorithms import get_algorithm
 from fedpeft.algorithms.base import Msg, Reply
-from fedpeft.comm.codec import WireState, encode_state
+from fedpeft.comm.codec import WireState
 from fedpeft.comm.ledger import ByteLedger
-from fedpeft.comm.transport import Packet, downlink_compressor, unpack
+from fedpeft.comm.transport import Channel, Packet
 from fedpeft.config import RunConfig
 from fedpeft.runtime.flower.client_app import (
     CONFIG_KEY,
+    DIGEST_KEY,
     HELLO,
     PARTITION_KEY,
     SECONDS_KEY,
@@ -35,6 +36,7 @@ from fedpeft.runtime.flower.client_app import (
     STATE_SCALARS,
     STATE_SET,
     STATE_TENSORS,
+    config_digest,
 )
 from fedpeft.runtime.flower.records import (
     HEADER,
@@ -45,6 +47,7 @@ from fedpeft.runtime.flower.records import (
     state_to_records,
     wire_to_records,
 )
+from fedpeft.runtime.transport import unpack
 
 __all__ = ["FlowerGrid"]
 
@@ -67,7 +70,8 @@ class FlowerGrid:
     cfg : RunConfig
         The run's config (number of clients, compression).
     config_text : str
-        ``cfg`` as TOML; attached to every message so that the workers build the same model and data.
+        ``cfg`` as TOML; sent to each node once, with the hello (later messages carry its digest), so that the
+        workers build the same model and data.
     connect_timeout : float
         Seconds to wait for the nodes to register and for every node to answer the hello query (which also
         builds each worker's model and data).
@@ -94,6 +98,7 @@ class FlowerGrid:
         poll_interval: float = 0.1,
     ) -> None:
         self.grid, self.cfg, self.config_text = grid, cfg, config_text
+        self.config_digest = config_digest(config_text)
         self.control_timeout, self.poll_interval = control_timeout, poll_interval
         self._saved_states: dict[int, dict[str, Any]] = {}  # client states of the last checkpoint
         #: monotonic deadline of the exchange in progress (None: no timeout); read by bounded object pulls
@@ -204,14 +209,18 @@ class FlowerGrid:
         """
         ordered = sorted(messages, key=lambda m: m[0])
         self._check_ids(cid for cid, _ in ordered)
-        down = downlink_compressor(self.cfg.comm)
-        encoded: dict[int, tuple[WireState, ConfigRecord]] = {}  # one encoding + record per arrays
+        down = Channel(self.cfg.comm, "down")
+        encoded: dict[tuple[int, str], tuple[WireState, ConfigRecord]] = {}  # one encoding + record per arrays
         waves: list[list[tuple[int, int]]] = []  # (position in ordered, client id)
         seen: dict[int, int] = {}
+
+        def key(msg: Msg) -> tuple[int, str]:
+            return id(msg.arrays), repr(sorted(msg.kinds.items()))
+
         for pos, (cid, msg) in enumerate(ordered):
-            if id(msg.arrays) not in encoded:
-                wire = encode_state(dict(msg.arrays), down)
-                encoded[id(msg.arrays)] = (wire, wire_to_records(wire))
+            if key(msg) not in encoded:
+                wire = down.encode(dict(msg.arrays), msg.kinds)
+                encoded[key(msg)] = (wire, wire_to_records(wire))
             wave = seen[cid] = seen.get(cid, -1) + 1
             if wave == len(waves):
                 waves.append([])
@@ -240,9 +249,9 @@ class FlowerGrid:
                 if offline is not None:
                     results[pos] = offline
                     continue
-                wire, record = encoded[id(msg.arrays)]
+                wire, record = encoded[key(msg)]
                 content = packet_to_records(
-                    Packet(msg.action, wire, dict(msg.config)), extra={CONFIG_KEY: self.config_text}, payload=record
+                    Packet(msg.action, wire, dict(msg.config)), extra={DIGEST_KEY: self.config_digest}, payload=record
                 )
                 out.append(self._message(self.nodes[cid], msg.action, content, round, left))
             got = self._exchange(out, left)
@@ -252,9 +261,9 @@ class FlowerGrid:
 
         replies: list[Reply] = []
         for pos, (cid, msg) in enumerate(ordered):
-            nbytes_down = encoded[id(msg.arrays)][0].nbytes
-            self.ledger.record(round, cid, "down", nbytes_down)
-            replies.append(self._to_reply(round, cid, results[pos], nbytes_down))
+            wire = encoded[key(msg)][0]
+            self.ledger.record_kinds(round, cid, "down", wire.nbytes_by_kind())
+            replies.append(self._to_reply(round, cid, results[pos], wire.nbytes))
         return replies
 
     def _to_reply(self, rnd: int, cid: int, reply: Message | str | None, nbytes_down: int) -> Reply:
@@ -273,8 +282,8 @@ class FlowerGrid:
         except (KeyError, ValueError, TypeError) as exc:
             return Reply(cid, None, f"malformed reply: {type(exc).__name__}: {exc}", 0, nbytes_down)
         (self._stateful.add if stateful else self._stateful.discard)(cid)
-        self.ledger.record(rnd, cid, "up", packet.nbytes)
-        return Reply(cid, unpack(packet), None, packet.nbytes, nbytes_down, seconds)
+        self.ledger.record_kinds(rnd, cid, "up", packet.wire.nbytes_by_kind())
+        return Reply(cid, unpack(packet), None, packet.nbytes, nbytes_down, seconds, dict(packet.cost))
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
@@ -318,8 +327,7 @@ class FlowerGrid:
         RuntimeError
             A node failed to take its state.
         """
-        for t in state["ledger"]:
-            self.ledger.record(t["round"], t["client_id"], t["direction"], t["nbytes"])
+        self.ledger.load_records(state["ledger"])
         saved = {int(k): dict(v) for k, v in state["states"].items()}
         self._check_ids(saved)
         todo = {cid: s for cid, s in saved.items() if s}

@@ -46,7 +46,7 @@ __all__ = [
 
 PAYLOAD, HEADER = "payload", "header"
 _ACTION, _META = "action", "wire_meta"
-_CONFIG, _METRIC = "config/", "metric/"  # key prefixes of the message's config and metrics in the header
+_CONFIG, _METRIC, _COST = "config/", "metric/", "cost/"  # key prefixes of config, metrics and device cost
 #: header keys the conversion owns; extras must not use them (nor start with the two prefixes)
 RESERVED_HEADER_KEYS = frozenset({_ACTION, _META})
 #: the two values of a payload record (wire_to_records)
@@ -148,20 +148,21 @@ def packet_to_records(
         ``extra`` uses a reserved header key.
     """
     extra = dict(extra or {})
-    clash = [k for k in extra if k in RESERVED_HEADER_KEYS or k.startswith((_CONFIG, _METRIC))]
+    clash = [k for k in extra if k in RESERVED_HEADER_KEYS or k.startswith((_CONFIG, _METRIC, _COST))]
     if clash:
         raise ValueError(f"header keys {sorted(clash)} are reserved")
     _check_values(packet.config, "message config")
     _check_values(extra, "header")
-    bad = {k: type(v).__name__ for k, v in packet.metrics.items() if not _is_number(v)}
+    bad = {k: type(v).__name__ for k, v in {**packet.metrics, **packet.cost}.items() if not _is_number(v)}
     if bad:
-        raise TypeError(f"metrics must be int or float; got {bad}")
+        raise TypeError(f"metrics and device cost must be int or float; got {bad}")
     header = ConfigRecord(
         {
             _ACTION: packet.action,
             _META: json.dumps(packet.wire.meta),
             **{_CONFIG + k: v for k, v in packet.config.items()},
             **{_METRIC + k: v for k, v in packet.metrics.items()},
+            **{_COST + k: v for k, v in packet.cost.items()},
             **extra,
         }
     )
@@ -182,15 +183,17 @@ def records_to_packet(content: RecordDict) -> Packet:
     header = content.config_records[HEADER]
     wire = records_to_wire(content.config_records[PAYLOAD], json.loads(str(header[_META])))
     config: dict[str, Any] = {}
-    metrics: dict[str, float] = {}
+    numbers: dict[str, dict[str, float]] = {_METRIC: {}, _COST: {}}
     for key, value in header.items():
         if key.startswith(_CONFIG):
             config[key.removeprefix(_CONFIG)] = value
-        elif key.startswith(_METRIC):
-            if not isinstance(value, int | float) or isinstance(value, bool):
-                raise ValueError(f"metric {key.removeprefix(_METRIC)!r} is {type(value).__name__}; expected a number")
-            metrics[key.removeprefix(_METRIC)] = value
-    return Packet(str(header[_ACTION]), wire, config, metrics)
+        elif key.startswith((_METRIC, _COST)):
+            prefix = _METRIC if key.startswith(_METRIC) else _COST
+            if not _is_number(value):
+                what = f"{prefix[:-1]} {key.removeprefix(prefix)!r}"
+                raise ValueError(f"{what} is {type(value).__name__}; expected a number")
+            numbers[prefix][key.removeprefix(prefix)] = value  # type: ignore[assignment]
+    return Packet(str(header[_ACTION]), wire, config, numbers[_METRIC], numbers[_COST])
 
 
 def read_header(content: RecordDict, key: str) -> Any:
