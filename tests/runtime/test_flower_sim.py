@@ -296,6 +296,31 @@ def test_flower_grid_matches_local_grid(in_process: Any) -> None:
 
 
 @pytest.mark.slow
+def test_the_config_goes_to_each_node_once(in_process: Any) -> None:
+    """The hello carries the config text and leaves it in the node's state; later messages carry its digest only,
+    and a node that was never greeted (or holds another run's config) answers with an error saying so."""
+    cfg, text, model, _, _ = in_process
+    from fedpeft.adapters import adapter_state
+
+    fake = InProcessGrid(3)
+    sent: list[Any] = []
+    push = fake.push_messages
+    fake.push_messages = lambda msgs: push(sent.extend(msgs) or msgs)  # type: ignore[method-assign]
+    grid = FlowerGrid(fake, cfg, text)  # type: ignore[arg-type]
+    state = adapter_state(model)
+    assert all(r.ok for r in grid.send_and_receive([(c, Msg("train", state, {"round": 1})) for c in (0, 1)], round=1))
+    headers = [m.content.config_records["header"] for m in sent]
+    hellos = [h for m, h in zip(sent, headers, strict=True) if m.metadata.message_type == "query.fedpeft_hello"]
+    others = [h for m, h in zip(sent, headers, strict=True) if m.metadata.message_type != "query.fedpeft_hello"]
+    assert len(hellos) == 3 and all(h["run_config"] == text for h in hellos)
+    assert len(others) == 2 and all("run_config" not in h for h in others)
+    assert all(h["run_config_sha256"] == flower_client_module.config_digest(text) for h in others)
+    fake.restart(2000)  # partition 0's node comes back with an empty state: not greeted for this run
+    reply = grid.send_and_receive([(0, Msg("train", state, {"round": 2}))], round=2)[0]
+    assert not reply.ok and "not greeted" in str(reply.error)
+
+
+@pytest.mark.slow
 def test_flower_grid_failures_timeouts_and_waves(in_process: Any) -> None:
     cfg, text, model, _, app = in_process
     from fedpeft.adapters import adapter_state
