@@ -30,8 +30,7 @@ from fedpeft.runtime import run_federated
 from fedpeft.runtime.export import export_run
 from fedpeft.training.centralized import run_centralized
 from fedpeft.training.loop import TrainConfig, train
-
-__version__ = "0.1.0"
+from fedpeft.version import __version__ as __version__
 
 __all__ = [
     "AdapterConfig",

@@ -233,18 +233,18 @@ class CommConfig:
     payloads: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        from fedpeft.comm.compression import COMPRESSORS
+        from fedpeft.registry import COMPRESSORS
 
         if self.up not in COMPRESSORS:
-            raise ConfigError("comm.up", self.up, sorted(COMPRESSORS))
-        down_allowed = sorted(n for n in COMPRESSORS if n != "topk")
+            raise ConfigError("comm.up", self.up, COMPRESSORS.names())
+        down_allowed = [n for n in COMPRESSORS.names() if n != "topk"]
         if self.down not in down_allowed:
             raise ConfigError("comm.down", self.down, down_allowed)
         for kind, name in self.payloads.items():
             if kind == "adapter":
                 raise ConfigError("comm.payloads.adapter", name, "comm.up / comm.down (adapter tensors use those)")
             if not isinstance(name, str) or name not in COMPRESSORS:
-                raise ConfigError(f"comm.payloads.{kind}", name, sorted(COMPRESSORS))
+                raise ConfigError(f"comm.payloads.{kind}", name, COMPRESSORS.names())
         if not 0 < self.topk_ratio <= 1:
             raise ConfigError("comm.topk_ratio", self.topk_ratio, "a number in (0, 1]")
 

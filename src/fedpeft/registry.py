@@ -2,6 +2,12 @@
 
 Every list of names fedpeft shows (CLI ``list``, config validation, error messages) is read from here, so adding a
 method is one ``register_*`` call in its own module and nothing else changes.
+
+This module sits at the bottom of the package (it imports only ``errors``): the registered objects' own types live
+in the packages above, which import this one, so the registries hold ``Any`` here and each package offers a typed
+accessor (``fedpeft.adapters.get_method``, ``fedpeft.data.get_dataset``, ``fedpeft.algorithms.get_algorithm``).
+Each registry imports its built-in components by module name on its first lookup (``importlib``), so a lookup never
+depends on what happened to be imported.
 """
 
 from __future__ import annotations
@@ -9,17 +15,12 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from fedpeft.errors import ConfigError
 
-if TYPE_CHECKING:  # the registries are typed without importing the subpackages (they import us)
-    from fedpeft.adapters.base import PeftMethod
-    from fedpeft.algorithms.base import Algorithm
-    from fedpeft.data.base import DatasetSpec
-    from fedpeft.models.hub import ModelSpec
-
 T = TypeVar("T")
+C = TypeVar("C")
 
 
 class Registry(Generic[T]):
@@ -93,32 +94,45 @@ def load_plugins(modules: Iterable[str], field: str = "plugins") -> None:
             raise ConfigError(field, name, f"an importable module ({exc})") from None
 
 
-PEFT_METHODS: Registry[PeftMethod] = Registry("peft method")
-DATASETS: Registry[DatasetSpec] = Registry("dataset")
-MODELS: Registry[ModelSpec] = Registry("model")
-ALGORITHMS: Registry[type[Algorithm]] = Registry("algorithm", lambda: import_subpackages("fedpeft.algorithms"))
+def _importer(module: str) -> Callable[[], None]:
+    """A registry loader that imports ``module`` (which registers the built-in components)."""
+
+    def load() -> None:
+        importlib.import_module(module)
+
+    return load
 
 
-def register_peft(method: PeftMethod) -> PeftMethod:
-    """Register a PEFT method instance under ``method.name``."""
-    return PEFT_METHODS.register(method.name, method)
+# Values are typed Any here: their classes (PeftMethod, DatasetSpec, ModelSpec, Algorithm) live in the packages
+# above this one; the typed accessors named in the module docstring cast them back.
+PEFT_METHODS: Registry[Any] = Registry("peft method", _importer("fedpeft.adapters"))
+DATASETS: Registry[Any] = Registry("dataset", _importer("fedpeft.data"))
+MODELS: Registry[Any] = Registry("model", _importer("fedpeft.models"))
+ALGORITHMS: Registry[Any] = Registry("algorithm", lambda: import_subpackages("fedpeft.algorithms"))
+#: wire compressors by name (factories; ``fedpeft.comm.compression.make_compressor`` builds them)
+COMPRESSORS: Registry[Any] = Registry("compressor", _importer("fedpeft.comm.compression"))
 
 
-def register_dataset(spec: DatasetSpec) -> DatasetSpec:
-    """Register a dataset spec under ``spec.name``."""
-    return DATASETS.register(spec.name, spec)
+def register_peft(method: C) -> C:
+    """Register a PEFT method instance (a ``fedpeft.adapters.base.PeftMethod``) under ``method.name``."""
+    return PEFT_METHODS.register(method.name, method)  # type: ignore[attr-defined,no-any-return]
 
 
-def register_model(spec: ModelSpec) -> ModelSpec:
-    """Register a model short name (bundled checkpoints) under ``spec.name``."""
-    return MODELS.register(spec.name, spec)
+def register_dataset(spec: C) -> C:
+    """Register a dataset spec (a ``fedpeft.data.base.DatasetSpec``) under ``spec.name``."""
+    return DATASETS.register(spec.name, spec)  # type: ignore[attr-defined,no-any-return]
 
 
-def register_algorithm(name: str) -> Callable[[type[Algorithm]], type[Algorithm]]:
+def register_model(spec: C) -> C:
+    """Register a model short name (a ``fedpeft.models.hub.ModelSpec``) under ``spec.name``."""
+    return MODELS.register(spec.name, spec)  # type: ignore[attr-defined,no-any-return]
+
+
+def register_algorithm(name: str) -> Callable[[C], C]:
     """Class decorator: register a federated algorithm (a subclass of ``fedpeft.algorithms.base.Algorithm``)."""
 
-    def wrap(cls: type[Algorithm]) -> type[Algorithm]:
-        cls.name = name
-        return ALGORITHMS.register(name, cls)
+    def wrap(cls: C) -> C:
+        cls.name = name  # type: ignore[attr-defined]
+        return ALGORITHMS.register(name, cls)  # type: ignore[no-any-return]
 
     return wrap

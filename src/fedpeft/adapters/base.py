@@ -130,8 +130,7 @@ class AdapterConfig:
         ConfigError
             Unknown method (the message lists the registered names) or a field the method rejects.
         """
-        import fedpeft.adapters  # noqa: F401  (importing the package registers the built-in methods)
-        from fedpeft.registry import PEFT_METHODS
+        from fedpeft.registry import PEFT_METHODS  # its first lookup imports the package's built-in methods
 
         method = PEFT_METHODS.get(self.method, field="method")
         method.validate(self)
@@ -299,8 +298,6 @@ def _reject_adapted(model: nn.Module, method: str) -> None:
     from peft import PeftModel
     from peft.tuners.tuners_utils import BaseTunerLayer
 
-    from fedpeft.adapters.bottleneck import BottleneckAdapter
-
     existing = get_adapter_config(model)
     if existing is not None or isinstance(model, PeftModel):
         what = existing.method if existing is not None else "a peft"
@@ -308,7 +305,8 @@ def _reject_adapted(model: nn.Module, method: str) -> None:
             f"{method}: the model already carries {what} adapter; attach to a fresh base model instead"
         )
     for module in model.modules():
-        if isinstance(module, BaseTunerLayer | BottleneckAdapter):
+        # fedpeft's own adapter layers say so with a class attribute (base.py sits below their modules)
+        if isinstance(module, BaseTunerLayer) or getattr(module, "FEDPEFT_ADAPTER_LAYER", False):
             raise UnsupportedModelError(
                 f"{method}: the model already contains adapter layers ({type(module).__name__}); "
                 "attach to a fresh base model instead"

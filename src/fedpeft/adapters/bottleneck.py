@@ -31,6 +31,8 @@ _ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU, "s
 class BottleneckAdapter(nn.Module):
     """Residual bottleneck: ``h + up(act(down(dropout(h))))`` with ``up`` zero-initialised."""
 
+    FEDPEFT_ADAPTER_LAYER = True  # how base._reject_adapted recognises an adapter layer already in a model
+
     def __init__(
         self,
         hidden_size: int,

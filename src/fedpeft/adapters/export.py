@@ -18,7 +18,13 @@ from typing import Any
 
 from torch import nn
 
-from fedpeft.adapters.base import CONFIG_ATTR, AdapterConfig, extract_trainable_state, get_adapter_config
+from fedpeft.adapters.base import (
+    CONFIG_ATTR,
+    AdapterConfig,
+    extract_trainable_state,
+    get_adapter_config,
+    load_trainable_state_into,
+)
 from fedpeft.errors import ConfigError, FedPeftError, UnsupportedModelError
 from fedpeft.fileio import atomic_write_bytes
 
@@ -102,7 +108,6 @@ def load_saved_adapter(base_model: nn.Module, path: str | os.PathLike[str], *, t
     from peft import PeftConfig, PeftModel
     from safetensors.torch import load_file
 
-    from fedpeft.adapters import attach_adapter, load_adapter_state
     from fedpeft.adapters._peft import PeftBackedMethod
 
     folder = Path(path)
@@ -125,8 +130,8 @@ def load_saved_adapter(base_model: nn.Module, path: str | os.PathLike[str], *, t
         return model
     if cfg is None:
         raise FileNotFoundError(f"{folder} holds neither {PEFT_CONFIG_NAME} nor {FEDPEFT_CONFIG_NAME}")
-    native = attach_adapter(base_model, cfg)
-    load_adapter_state(native, load_file(str(folder / WEIGHTS_NAME), device=_device_of(native)))
+    native = cfg.validate().attach(base_model, cfg)  # what fedpeft.adapters.attach_adapter does
+    load_trainable_state_into(native, load_file(str(folder / WEIGHTS_NAME), device=_device_of(native)))
     if not trainable:
         native.requires_grad_(False)
     return native

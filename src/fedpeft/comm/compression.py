@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from fedpeft import registry
 from fedpeft.errors import ConfigError
 
 __all__ = [
@@ -317,6 +318,10 @@ COMPRESSORS: dict[str, Callable[..., Compressor]] = {
     "int4": Int4Compressor,
     "topk": _topk_factory,
 }
+
+
+for _name, _factory in COMPRESSORS.items():  # the names config validation reads, from the registry
+    registry.COMPRESSORS.register(_name, _factory)
 
 
 def make_compressor(name: str, **kwargs: Any) -> Compressor:

@@ -96,7 +96,7 @@ def write_app(folder: Path) -> Path:
     here = Path(__file__).parent
     for target, source in SHIMS.items():
         atomic_write_text(folder / target, (here / source).read_text(encoding="utf-8"))
-    from fedpeft import __version__
+    from fedpeft.version import __version__
 
     pyproject = {
         "build-system": {"requires": ["hatchling"], "build-backend": "hatchling.build"},
