@@ -207,3 +207,99 @@ def make_central_run(root: Path) -> Path:
         "wall_s": 5.0,
     }
     return write_run(root / "central-20260101-120000", CENTRALIZED_EVENTS, summary, truncated_tail=False)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# A run with prepare / finish phases, payload kinds other than the adapter, and a device budget (the synthetic
+# federated run above plus what the runtime writes since phases and device costs were added).
+
+PREPARE = {"seconds": 1.5, "bytes_up": 65536, "bytes_down": 0}  # clients upload features once
+FINISH = {"seconds": 0.25, "bytes_up": 0, "bytes_down": 12288}  # the server sends each client 4 KiB of ids
+PREPARE_FIELDS = {"clusters": 2, "feature_dim": 64}  # the algorithm's own fields of the prepare event
+# client -> payload kind -> bytes each way (adapter: 4 / 3 / 3 uploads and 4 downloads of BYTES, as the rounds say)
+CLIENT_KINDS = {
+    "0": {
+        "adapter": {"up": 4 * BYTES, "down": 4 * BYTES},
+        "features": {"up": 16384, "down": 0},
+        "ids": {"up": 0, "down": 4096},
+    },
+    "1": {
+        "adapter": {"up": 3 * BYTES, "down": 4 * BYTES},
+        "features": {"up": 16384, "down": 0},
+        "ids": {"up": 0, "down": 4096},
+    },
+    "2": {
+        "adapter": {"up": 3 * BYTES, "down": 4 * BYTES},
+        "features": {"up": 32768, "down": 0},
+        "ids": {"up": 0, "down": 4096},
+    },
+}
+# client -> (rounds taken part in, seconds, FLOPs) of its device
+CLIENT_COST = {"0": (4, 2.0, 4_800_000_000), "1": (3, 3.0, 2_700_000_000), "2": (4, 1.0, 4_800_000_000)}
+PARAMS_HELD = 1989248
+
+
+def budget_row(cid: str) -> dict[str, Any]:
+    """One client's device-budget row, as fedpeft.runtime.budget.DeviceBudget.table writes it."""
+    rounds, seconds, flops = CLIENT_COST[cid]
+    kinds = CLIENT_KINDS[cid]
+    return {
+        "messages": rounds + 1,
+        "rounds": rounds,
+        "seconds": seconds,
+        "seconds_per_round": round(seconds / rounds, 3),
+        "flops": flops,
+        "flops_per_round": flops // rounds,
+        "trainable_params": 81920,
+        "params_held": PARAMS_HELD,
+        "bytes_up": sum(k["up"] for k in kinds.values()),
+        "bytes_down": sum(k["down"] for k in kinds.values()),
+        "bytes_by_kind": kinds,
+    }
+
+
+def device_budget() -> dict[str, Any]:
+    """summary.json's ``device_budget``: per-client rows, their max and mean (over clients, numbers only)."""
+    rows = {cid: budget_row(cid) for cid in CLIENT_KINDS}
+    numeric = [k for k in rows["0"] if k != "bytes_by_kind"]
+    return {
+        "per_client": rows,
+        "max": {k: max(r[k] for r in rows.values()) for k in numeric},
+        "mean": {k: round(sum(r[k] for r in rows.values()) / len(rows), 3) for k in numeric},
+    }
+
+
+def bytes_by_kind() -> dict[str, dict[str, int]]:
+    """summary.json's ``bytes_by_kind``: the clients' rows added up."""
+    out: dict[str, dict[str, int]] = {}
+    for kinds in CLIENT_KINDS.values():
+        for kind, counts in kinds.items():
+            row = out.setdefault(kind, {"up": 0, "down": 0})
+            row["up"] += counts["up"]
+            row["down"] += counts["down"]
+    return out
+
+
+def phased_events() -> list[dict[str, Any]]:
+    """The federated events with a ``prepare`` phase event before round 1 and a ``finish`` one after round 4."""
+    events = federated_events()
+    first_client = next(i for i, e in enumerate(events) if e["event"] == "client_train")
+    prepare = {"event": "phase", "time": 1_700_000_002.0, "round": 0, "name": "prepare", **PREPARE, **PREPARE_FIELDS}
+    finish = {"event": "phase", "time": 1_700_000_050.0, "round": 4, "name": "finish", **FINISH}
+    return [*events[:first_client], prepare, *events[first_client:], finish]
+
+
+PHASED_SUMMARY = {
+    **FED_SUMMARY,
+    "bytes_up": 10 * BYTES + PREPARE["bytes_up"],  # the ledger's total: rounds and phases
+    "bytes_down": 12 * BYTES + FINISH["bytes_down"],
+    "bytes_by_kind": bytes_by_kind(),
+    "device_budget": device_budget(),
+    "phases": {"prepare": PREPARE, "finish": FINISH},
+}
+
+
+def make_phased_run(root: Path, name: str = "split-sst2-20260101-120000", **kwargs: Any) -> Path:
+    """The synthetic federated run with phases, payload kinds and a device budget, as ``root/name``."""
+    kwargs.setdefault("truncated_tail", False)
+    return write_run(root / name, phased_events(), PHASED_SUMMARY, **kwargs)

@@ -44,7 +44,7 @@ def test_write_report_writes_every_plot_and_the_page(tmp_path: Path) -> None:
         assert f"<td>{text}</td>" in page
     assert '<td class="num">0.5000</td><td class="num">0.7000</td><td class="num">0.7500</td>' in page
     assert "best (round 3)" in page
-    assert "3.28 MB" in page and "3.93 MB" in page  # 10 uploads, 12 downloads of 327680 bytes
+    assert "3.1 MiB" in page and "3.8 MiB" in page  # 10 uploads, 12 downloads of 327680 bytes (320 KiB)
     assert f"<td>{REJECTED[2]}</td>" in page and "<td>failure</td>" in page
     assert "Skipped 1 truncated line" in page
 
@@ -105,7 +105,7 @@ def test_compare_runs(tmp_path: Path) -> None:
     rows = md[2:]
     assert len(rows) == 3
     cells = [[c.strip() for c in re.split(r"(?<!\\)\|", row)[1:-1]] for row in rows]
-    assert all(len(r) == len(cells[0]) for r in cells) and len(cells[0]) == 10
+    assert all(len(r) == len(cells[0]) for r in cells) and len(cells[0]) == 13
     assert [r[0] for r in cells] == ["fedavg-a", "fedprox-\\|b", "central-20260101-120000"]
     assert [r[5] for r in cells] == ["0.7000", "0.8000", "0.8100"]  # final primary metric
     assert [r[6] for r in cells] == ["0.7500 (round 3)", "0.8500 (round 3)", "-"]

@@ -186,5 +186,5 @@ def test_format_table_has_one_aligned_row_per_run(tmp_path: Path) -> None:
     assert lines[0].split()[:5] == ["run", "algorithm", "adapter", "rounds", "metric"]
     assert len({len(line) for line in lines[:2]}) == 1
     assert lines[2].split()[:7] == ["run-a", "fedavg", "lora", "4", "accuracy", "0.7000", "0.7500"]
-    assert "3.28 MB" in lines[2]  # 10 uploads of 327680 bytes
+    assert "3.1 MiB" in lines[2]  # 10 uploads of 327680 bytes (3.125 MiB)
     assert lines[4].split()[:6] == ["central-20260101-120000", "centralized", "lora", "-", "accuracy", "0.8100"]

@@ -10,7 +10,19 @@ The run directory layout and the ``metrics.jsonl`` events are described in ``doc
 from __future__ import annotations
 
 from fedpeft.reports.report import compare_runs, write_report
-from fedpeft.reports.store import ClientData, Incident, RunRecord, load_run
+from fedpeft.reports.store import BudgetRow, ByteCounts, ClientData, DeviceBudget, Incident, Phase, RunRecord, load_run
 from fedpeft.reports.tables import format_table
 
-__all__ = ["ClientData", "Incident", "RunRecord", "compare_runs", "format_table", "load_run", "write_report"]
+__all__ = [
+    "BudgetRow",
+    "ByteCounts",
+    "ClientData",
+    "DeviceBudget",
+    "Incident",
+    "Phase",
+    "RunRecord",
+    "compare_runs",
+    "format_table",
+    "load_run",
+    "write_report",
+]

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-MB = 1e6
+MIB = 2**20
 MAX_METRIC_PANELS = 12
 MAX_LEGEND_ENTRIES = 20
 
@@ -153,18 +153,19 @@ def plot_round_fields(record: RunRecord, path: str | Path) -> Path | None:
 
 
 def plot_bytes(record: RunRecord, path: str | Path) -> Path | None:
-    """Bytes up and down per round, in MB (10^6 bytes), as grouped bars (``bytes.png``)."""
+    """Bytes up and down per round, in MiB (2^20 bytes, the unit of the report's tables), as grouped bars
+    (``bytes.png``)."""
     rounds = sorted(set(record.bytes_up) | set(record.bytes_down))
     if not rounds:
         return None
     fig = _figure()
     ax = fig.subplots()
     width = 0.4
-    up = [record.bytes_up.get(r, 0) / MB for r in rounds]
-    down = [record.bytes_down.get(r, 0) / MB for r in rounds]
+    up = [record.bytes_up.get(r, 0) / MIB for r in rounds]
+    down = [record.bytes_down.get(r, 0) / MIB for r in rounds]
     ax.bar([r - width / 2 for r in rounds], up, width=width, label="up (clients → server)")
     ax.bar([r + width / 2 for r in rounds], down, width=width, label="down (server → clients)")
-    ax.set_ylabel("MB")
+    ax.set_ylabel("MiB")
     ax.set_title(f"{record.name}: communication per round")
     ax.margins(y=0.25)  # headroom for the legend above the bars
     ax.legend(loc="upper right", ncols=2)

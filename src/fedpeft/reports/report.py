@@ -10,7 +10,7 @@ from fedpeft.fileio import atomic_write_text
 from fedpeft.reports import plots
 from fedpeft.reports.html import render_comparison_html, render_run_html
 from fedpeft.reports.store import RunRecord, load_run
-from fedpeft.reports.tables import display_names, markdown_table
+from fedpeft.reports.tables import display_names, markdown_table, render_run_markdown
 
 PlotFn = Callable[[RunRecord, Path], "Path | None"]
 
@@ -29,10 +29,12 @@ def _as_record(run: str | Path | RunRecord) -> RunRecord:
 
 
 def write_report(run_dir: str | Path | RunRecord, out_dir: str | Path | None = None) -> Path:
-    """Write the plots and ``report.html`` of one run.
+    """Write the plots, ``report.html`` and ``report.md`` (the same tables in markdown) of one run.
 
-    Plots a run has no data for (e.g. ``client_metric.png`` without ``client_eval`` events) are skipped, and a stale
-    copy from an earlier report is removed, so the page never shows an image of another state of the run.
+    The tables: configuration, metrics, communication, bytes by payload kind, phases, device budget, rejected and
+    failed updates (sections the run has no data for are left out). Plots a run has no data for (e.g.
+    ``client_metric.png`` without ``client_eval`` events) are skipped, and a stale copy from an earlier report is
+    removed, so the page never shows an image of another state of the run.
 
     Parameters
     ----------
@@ -62,6 +64,7 @@ def write_report(run_dir: str | Path | RunRecord, out_dir: str | Path | None = N
             (out / name).unlink(missing_ok=True)
     page = out / "report.html"
     atomic_write_text(page, render_run_html(record, images))
+    atomic_write_text(out / "report.md", render_run_markdown(record, images))
     return page
 
 
@@ -69,7 +72,8 @@ def compare_runs(run_dirs: Iterable[str | Path | RunRecord], out_dir: str | Path
     """Compare runs: write ``comparison.html``, ``comparison.md`` and ``comparison.png`` into ``out_dir``.
 
     The table has one row per run (name, algorithm, adapter, rounds, primary metric, its final and best value, bytes
-    up and down, wall time); the plot shows each run's primary global metric per round. ``comparison.png`` is not
+    up and down, wall time, and the device budget's largest per-client seconds per round, FLOPs per round and
+    parameters held); the plot shows each run's primary global metric per round. ``comparison.png`` is not
     written when no run has per-round evaluation (e.g. only centralized runs).
 
     Parameters

@@ -2,7 +2,8 @@
 
 The schema is documented in ``docs/run-directory.md``. A run may still be in progress or may have been killed, so
 ``summary.json`` is optional and a truncated last line of ``metrics.jsonl`` is skipped. Unknown events are ignored, so
-older readers keep working when new events are added.
+older readers keep working when new events are added; fields that newer runs add (``phase`` events, ``bytes_by_kind``
+and ``device_budget`` in summary.json) are optional, so older run directories load too.
 """
 
 from __future__ import annotations
@@ -25,6 +26,23 @@ _NOT_METRICS = frozenset({"event", "time", "round", "client", "num_examples", "s
 
 # Round-event fields every algorithm logs (plotted elsewhere); the rest are the algorithm's own (purity, ari, ...).
 _ROUND_STANDARD = frozenset({"bytes_up", "bytes_down", "seconds", "train_loss"})
+# Phase-event fields every phase logs; the rest are the algorithm's own.
+_PHASE_STANDARD = frozenset({"event", "time", "round", "name", "seconds", "bytes_up", "bytes_down"})
+# The phases of a run in the order they happen (fedpeft.comm.ledger.PHASES without the rounds).
+PHASE_ORDER = ("prepare", "finish")
+# The numeric fields of a device-budget row (summary.json ``device_budget``).
+BUDGET_FIELDS = (
+    "messages",
+    "rounds",
+    "seconds",
+    "seconds_per_round",
+    "flops",
+    "flops_per_round",
+    "trainable_params",
+    "params_held",
+    "bytes_up",
+    "bytes_down",
+)
 
 Series = dict[int, float]  # round (or step) -> value
 
@@ -46,6 +64,75 @@ class Incident:
     round: int
     client: int
     reason: str
+
+
+@dataclass(frozen=True)
+class ByteCounts:
+    """Bytes sent each way: ``up`` (client to server) and ``down``."""
+
+    up: int = 0
+    down: int = 0
+
+
+@dataclass(frozen=True)
+class Phase:
+    """A ``prepare`` (before round 1) or ``finish`` (after the last round) phase of the algorithm.
+
+    ``round`` is the round the phase event was logged with (0 for ``prepare``, the last round for ``finish``; None
+    when only summary.json told of the phase). ``fields`` are the algorithm's own fields of the ``phase`` event.
+    """
+
+    name: str
+    round: int | None = None
+    seconds: float | None = None
+    bytes_up: int = 0
+    bytes_down: int = 0
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BudgetRow:
+    """One row of the device budget: one client's device, or the max / mean over clients.
+
+    ``seconds``: wall time the device spent serving messages; ``flops``: matrix-product FLOPs of its training and
+    forward passes; ``trainable_params`` / ``params_held``: the largest seen in one message; bytes in total and (per
+    client rows only) by payload kind. A field summary.json lacks is None.
+    """
+
+    messages: float | None = None
+    rounds: float | None = None
+    seconds: float | None = None
+    seconds_per_round: float | None = None
+    flops: float | None = None
+    flops_per_round: float | None = None
+    trainable_params: float | None = None
+    params_held: float | None = None
+    bytes_up: float | None = None
+    bytes_down: float | None = None
+    bytes_by_kind: dict[str, ByteCounts] = field(default_factory=dict)
+
+
+def _id_key(cid: str) -> tuple[bool, int, str]:
+    return (not cid.isdigit(), int(cid) if cid.isdigit() else 0, cid)
+
+
+@dataclass(frozen=True)
+class DeviceBudget:
+    """summary.json's ``device_budget``: a row per client (keyed by client id, as in the JSON) plus max and mean."""
+
+    per_client: dict[str, BudgetRow] = field(default_factory=dict)
+    max: BudgetRow | None = None
+    mean: BudgetRow | None = None
+
+    @property
+    def kinds(self) -> list[str]:
+        """The payload kinds any client sent or received, ``adapter`` first, then in order of appearance."""
+        seen = [k for row in self.per_client.values() for k in row.bytes_by_kind]
+        return sorted(dict.fromkeys(seen), key=lambda k: k != "adapter")
+
+    def sorted_clients(self) -> list[tuple[str, BudgetRow]]:
+        """``per_client`` sorted by client id (numerically where the ids are numbers)."""
+        return sorted(self.per_client.items(), key=lambda kv: _id_key(kv[0]))
 
 
 @dataclass
@@ -73,6 +160,9 @@ class RunRecord:
     train_steps: Series = field(default_factory=dict)  # centralized: step -> loss
     stage_metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # centralized: stage -> metrics
     resumed_from: list[int] = field(default_factory=list)
+    phases: dict[str, Phase] = field(default_factory=dict)  # name -> phase, from phase events and summary.json
+    bytes_by_kind: dict[str, ByteCounts] = field(default_factory=dict)  # payload kind -> bytes (summary.json)
+    device_budget: DeviceBudget | None = None  # summary.json's device_budget
     first_time: float | None = None
     last_time: float | None = None
     skipped_lines: int = 0
@@ -171,6 +261,12 @@ class RunRecord:
         return sum(self.bytes_down.values()) if self.bytes_down else int((self.summary or {}).get("bytes_down") or 0)
 
     @property
+    def ordered_phases(self) -> list[Phase]:
+        """The phases in the order they ran (``prepare``, then ``finish``; unknown names after them)."""
+        rank = {name: i for i, name in enumerate(PHASE_ORDER)}
+        return sorted(self.phases.values(), key=lambda p: (rank.get(p.name, len(rank)), p.name))
+
+    @property
     def wall_s(self) -> float | None:
         """Wall-clock seconds: summary.json's ``wall_s``, else the span of the logged events (run in progress)."""
         if self.summary and self.summary.get("wall_s") is not None:
@@ -197,6 +293,23 @@ def _metrics(event: dict[str, Any]) -> dict[str, float]:
         for k, v in event.items()
         if k not in _NOT_METRICS and isinstance(v, int | float) and not isinstance(v, bool)
     }
+
+
+def _number(value: Any) -> float | None:
+    """``value`` as a float when it is a JSON number, else None."""
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _phase_from_event(ev: dict[str, Any]) -> Phase:
+    seconds = _number(ev.get("seconds"))
+    return Phase(
+        name=str(ev["name"]),
+        round=None if ev.get("round") is None else int(ev["round"]),
+        seconds=seconds,
+        bytes_up=int(ev.get("bytes_up") or 0),
+        bytes_down=int(ev.get("bytes_down") or 0),
+        fields={k: v for k, v in ev.items() if k not in _PHASE_STANDARD},
+    )
 
 
 def _apply(rec: RunRecord, ev: dict[str, Any]) -> None:
@@ -241,6 +354,59 @@ def _apply(rec: RunRecord, ev: dict[str, Any]) -> None:
         rec.train_steps[int(ev["step"])] = float(ev["loss"])
     elif kind == "resume":
         rec.resumed_from.append(int(rnd or 0))
+    elif kind == "phase":  # never a metric series: its numbers are the phase's cost and the algorithm's fields
+        phase = _phase_from_event(ev)
+        rec.phases[phase.name] = phase
+
+
+def _object(value: Any, path: Path, name: str) -> dict[str, Any]:
+    """``value`` when it is a JSON object (``{}`` when absent); anything else is a DataFormatError."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise DataFormatError(path, None, name, f"expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _byte_counts(value: Any, path: Path, name: str) -> dict[str, ByteCounts]:
+    """``{kind: {"up": n, "down": n}}`` as ``{kind: ByteCounts}``."""
+    out = {}
+    for kind, counts in _object(value, path, name).items():
+        row = _object(counts, path, f"{name}.{kind}")
+        out[str(kind)] = ByteCounts(int(_number(row.get("up")) or 0), int(_number(row.get("down")) or 0))
+    return out
+
+
+def _budget_row(value: Any, path: Path, name: str) -> BudgetRow:
+    row = _object(value, path, name)
+    numbers = {k: _number(row.get(k)) for k in BUDGET_FIELDS}
+    kinds = _byte_counts(row.get("bytes_by_kind"), path, f"{name}.bytes_by_kind")
+    return BudgetRow(**numbers, bytes_by_kind=kinds)
+
+
+def _apply_summary(rec: RunRecord, summary: dict[str, Any], path: Path) -> None:
+    """Fold summary.json's ``bytes_by_kind``, ``device_budget`` and ``phases`` (all optional) into ``rec``."""
+    rec.bytes_by_kind = _byte_counts(summary.get("bytes_by_kind"), path, "bytes_by_kind")
+    if summary.get("device_budget") is not None:
+        budget = _object(summary["device_budget"], path, "device_budget")
+        per_client = _object(budget.get("per_client"), path, "device_budget.per_client")
+        rec.device_budget = DeviceBudget(
+            per_client={
+                str(cid): _budget_row(row, path, f"device_budget.per_client.{cid}") for cid, row in per_client.items()
+            },
+            max=None if budget.get("max") is None else _budget_row(budget["max"], path, "device_budget.max"),
+            mean=None if budget.get("mean") is None else _budget_row(budget["mean"], path, "device_budget.mean"),
+        )
+    for name, value in _object(summary.get("phases"), path, "phases").items():
+        if name in rec.phases:  # the phase event has the same numbers and the algorithm's fields
+            continue
+        row = _object(value, path, f"phases.{name}")
+        rec.phases[str(name)] = Phase(
+            name=str(name),
+            seconds=_number(row.get("seconds")),
+            bytes_up=int(_number(row.get("bytes_up")) or 0),
+            bytes_down=int(_number(row.get("bytes_down")) or 0),
+        )
 
 
 def _read_events(path: Path, rec: RunRecord) -> None:
@@ -307,4 +473,5 @@ def load_run(run_dir: str | Path) -> RunRecord:
         if not isinstance(summary, dict):
             raise DataFormatError(summary_path, None, None, "expected a JSON object")
         rec.summary = summary
+        _apply_summary(rec, summary, summary_path)
     return rec
