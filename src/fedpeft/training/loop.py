@@ -2,32 +2,43 @@
 
 It trains whatever parameters have ``requires_grad`` (the attached adapter) on already-encoded examples
 (``input_ids`` / ``labels`` / ``prompt_length`` / ``label`` per example, see :mod:`fedpeft.data.tokenize`).
-Two losses: ``lm`` (next-token cross-entropy on response tokens only) and ``label_words`` (cross-entropy over the
-label words' logits at the last prompt position: the classification loss that works best for small models).
+Two named losses: ``lm`` (next-token cross-entropy on response tokens only) and ``label_words`` (cross-entropy over
+the label words' logits at the last prompt position: the classification loss that works best for small models); any
+other loss ``(model, batch) -> scalar`` plugs in through ``loss_fn`` (see :mod:`fedpeft.training.losses`).
+
+The updates themselves are :class:`fedpeft.training.trainer.Trainer`'s; this module draws the data and loops.
 """
 
 from __future__ import annotations
 
-import inspect
-import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 
-from fedpeft.adapters import adapter_after_step
-from fedpeft.data.tokenize import label_word_logits, pick_label_words
 from fedpeft.errors import ConfigError
+from fedpeft.training.losses import LOSSES, LossFn, forward_logits, label_scores, make_loss
+from fedpeft.training.losses import _supports_logits_to_keep as _supports_logits_to_keep  # used by benchmarks
+from fedpeft.training.trainer import Trainer, autocast_context, lr_factor
+
+__all__ = [
+    "TrainConfig",
+    "TrainResult",
+    "autocast_context",
+    "batch_loss",
+    "forward_logits",
+    "label_scores",
+    "lr_factor",
+    "sample_indices",
+    "train",
+]
 
 Loss = Literal["lm", "label_words"]
 Schedule = Literal["constant", "linear", "cosine"]
 Precision = Literal["auto", "fp32", "bf16"]
 
-_LOSSES = ("lm", "label_words")
 _SCHEDULES = ("constant", "linear", "cosine")
 _PRECISIONS = ("auto", "fp32", "bf16")
 
@@ -65,8 +76,8 @@ class TrainConfig:
             raise ConfigError("train.warmup_steps", self.warmup_steps, "an integer >= 0")
         if self.max_grad_norm < 0:
             raise ConfigError("train.max_grad_norm", self.max_grad_norm, "a float >= 0 (0 disables clipping)")
-        if self.loss not in _LOSSES:
-            raise ConfigError("train.loss", self.loss, _LOSSES)
+        if self.loss not in LOSSES:
+            raise ConfigError("train.loss", self.loss, list(LOSSES))
         if self.schedule not in _SCHEDULES:
             raise ConfigError("train.schedule", self.schedule, _SCHEDULES)
         if self.precision not in _PRECISIONS:
@@ -88,28 +99,6 @@ class TrainResult:
         return sum(self.losses) / len(self.losses) if self.losses else float("nan")
 
 
-def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
-    """Multiplier of the base learning rate at optimizer step ``step`` (0-based) of ``total``."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    if schedule == "linear":
-        return max(0.0, 1.0 - progress)
-    if schedule == "cosine":
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
-    return 1.0
-
-
-def autocast_context(device: torch.device, precision: str) -> Any:
-    """bf16 autocast on CUDA with bf16 support (``auto``) or when asked; plain fp32 otherwise.
-
-    On CPU ``auto`` means fp32: for the small matrices of tiny models bf16 autocast is no faster there
-    and costs accuracy.
-    """
-    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported())
-    return torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext()
-
-
 def sample_indices(labels: Sequence[int], n: int, generator: torch.Generator, balanced: bool) -> list[int]:
     """``n`` example indices: shuffled epochs (sampling without replacement), or class-balanced with replacement."""
     size = len(labels)
@@ -127,56 +116,8 @@ def sample_indices(labels: Sequence[int], n: int, generator: torch.Generator, ba
 def batch_loss(
     model: torch.nn.Module, batch: Mapping[str, torch.Tensor], loss: str, word_ids: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """Mean loss of one collated batch (see :func:`fedpeft.data.collate`)."""
-    if loss == "lm":
-        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
-        return out.loss
-    scores = label_scores(model, batch, word_ids)  # [B, n_labels]
-    return F.cross_entropy(scores.float(), batch["label"])
-
-
-def _supports_logits_to_keep(model: torch.nn.Module) -> bool:
-    """True when the model can project only chosen positions onto the vocabulary (Hugging Face ``logits_to_keep``).
-
-    Prompt-learning adapters prepend virtual tokens, which shifts positions, so they take the full path.
-    """
-    if getattr(model, "_is_prompt_learning", False):
-        return False
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # type: ignore[operator]
-    return "logits_to_keep" in inspect.signature(base.forward).parameters
-
-
-def label_scores(
-    model: torch.nn.Module, batch: Mapping[str, torch.Tensor], word_ids: torch.Tensor | None = None
-) -> torch.Tensor:
-    """Label-word logits at the last prompt position: [B, n_labels].
-
-    ``word_ids`` are the dataset's label words; without them each row's own ``batch["choices"]`` are used (a
-    multi-task mix, where tasks have different label words).
-
-    Only that one position per row is projected onto the vocabulary when the model allows it, instead of all T:
-    for the tiny bundled models the vocabulary projection is about half of all compute, so this roughly halves a
-    classification step. ``test_label_scores_fast_path_matches_full_logits`` checks both paths agree.
-    """
-    ids = word_ids if word_ids is not None else batch.get("choices")
-    if ids is None:
-        raise ValueError("label-word scoring needs the dataset's label word ids or per-example 'choices'")
-    if _supports_logits_to_keep(model):
-        pos = (batch["prompt_length"] - 1).unsqueeze(1)  # [B, 1]
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=pos).logits
-        return pick_label_words(logits[:, 0], ids)  # [B, n_labels]
-    return label_word_logits(forward_logits(model, batch), batch["prompt_length"], ids)
-
-
-def forward_logits(model: torch.nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-    """Logits aligned with ``input_ids``: [B, T, V].
-
-    Prompt tuning and P-tuning prepend virtual tokens, so their logits are longer than the input; the real positions
-    are the last T.
-    """
-    ids = batch["input_ids"]
-    logits = model(input_ids=ids, attention_mask=batch["attention_mask"]).logits
-    return logits[:, -ids.shape[1] :]
+    """Mean loss of one collated batch (see :func:`fedpeft.data.collate`) under the named loss."""
+    return make_loss(loss, word_ids)(model, batch)
 
 
 def train(
@@ -189,6 +130,8 @@ def train(
     extra_loss: Callable[[torch.nn.Module], torch.Tensor] | None = None,
     generator: torch.Generator | None = None,
     on_step: Callable[[int, float], None] | None = None,
+    loss_fn: LossFn | None = None,
+    trainer: Trainer | None = None,
 ) -> TrainResult:
     """Run ``cfg.steps`` optimizer steps of AdamW on the model's trainable parameters.
 
@@ -199,7 +142,8 @@ def train(
     examples:
         Encoded examples (``input_ids``, ``labels``, ``prompt_length``, ``label``).
     cfg:
-        Local optimisation settings.
+        Local optimisation settings; ``steps``, ``batch_size``, ``balanced_sampling`` and ``seed`` decide the data
+        this call draws.
     collate:
         Turns a list of examples into padded tensors (``fedpeft.data.collate`` bound to a pad id).
     word_ids:
@@ -210,17 +154,26 @@ def train(
         Data-order generator; defaults to one seeded with ``cfg.seed`` (never the global RNG).
     on_step:
         Called with (step, loss) after each optimizer step, for progress display.
+    loss_fn:
+        The task loss ``(model, batch) -> scalar`` (e.g. :func:`fedpeft.training.losses.distillation_loss`);
+        default: the trainer's loss, which for a new trainer is ``cfg.loss`` with ``word_ids``.
+    trainer:
+        A :class:`Trainer` of ``model`` to continue (its optimizer state, step count and schedule); default a new
+        one built from ``cfg``, i.e. a fresh AdamW per call.
     """
     if not examples:
         raise ConfigError("examples", "[]", "at least one training example")
-    if cfg.loss == "label_words" and word_ids is None and "choices" not in examples[0]:
+    if loss_fn is None and cfg.loss == "label_words" and word_ids is None and "choices" not in examples[0]:
         raise ConfigError("train.loss", cfg.loss, "'lm' unless the dataset defines label words")
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        raise ConfigError("adapter", "none", "a model with trainable (adapter) parameters; attach one first")
-    device = params[0].device
+    if trainer is None:
+        trainer = Trainer(model, cfg, loss_fn, word_ids=word_ids)
+    elif trainer.model is not model:
+        raise ValueError("trainer was built for another model")
+    elif trainer.cfg.grad_accum != cfg.grad_accum:
+        raise ConfigError("train.grad_accum", cfg.grad_accum, f"the trainer's grad_accum ({trainer.cfg.grad_accum})")
+    task_loss = loss_fn if loss_fn is not None else trainer.loss
+    loss = task_loss if extra_loss is None else _plus(task_loss, extra_loss)
     gen = generator if generator is not None else torch.Generator().manual_seed(cfg.seed)
-    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
 
     micro = cfg.steps * cfg.grad_accum
     order = sample_indices(
@@ -230,25 +183,13 @@ def train(
     t0 = time.perf_counter()
     model.train()
     for step in range(cfg.steps):
-        for g in opt.param_groups:
-            g["lr"] = cfg.lr * lr_factor(step, cfg.steps, cfg.warmup_steps, cfg.schedule)
         step_loss = 0.0
         for m in range(cfg.grad_accum):
             start = (step * cfg.grad_accum + m) * cfg.batch_size
             batch = collate([examples[i] for i in order[start : start + cfg.batch_size]])
-            batch = {k: v.to(device) for k, v in batch.items()}
-            with autocast_context(device, cfg.precision):
-                loss = batch_loss(model, batch, cfg.loss, word_ids)
-                if extra_loss is not None:
-                    loss = loss + extra_loss(model)
-            (loss / cfg.grad_accum).backward()
-            step_loss += float(loss.detach()) / cfg.grad_accum
+            step_loss += trainer.accumulate(batch, loss) / cfg.grad_accum
             result.examples += batch["input_ids"].shape[0]
-        if cfg.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-        opt.step()
-        adapter_after_step(model, step)  # AdaLoRA reallocates ranks here; a no-op for other methods
-        opt.zero_grad(set_to_none=True)
+        trainer.apply()
         result.steps += 1
         result.losses.append(step_loss)
         if on_step is not None:
@@ -256,3 +197,12 @@ def train(
     model.eval()
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def _plus(task_loss: LossFn, extra_loss: Callable[[torch.nn.Module], torch.Tensor]) -> LossFn:
+    """``task_loss(model, batch) + extra_loss(model)``: a regulariser added to every micro-batch's loss."""
+
+    def loss(model: torch.nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        return task_loss(model, batch) + extra_loss(model)
+
+    return loss

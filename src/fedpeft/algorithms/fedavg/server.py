@@ -91,6 +91,12 @@ class FedAvg(Algorithm):
             cfg["rank"] = rank
         return cfg
 
+    def train_message(self, rnd: int, client_id: int, payload: State) -> Msg:
+        """One client's message of the round: ``payload`` (the global adapter at its rank) with the ``train``
+        action. Override to send more (another action, extra arrays of other payload kinds); the reply must still
+        be an update with the keys and shapes of ``payload``."""
+        return Msg("train", payload, self.train_config(rnd, client_id))
+
     def combine(self, updates: Sequence[State], weights: Sequence[float]) -> State:
         """Combine client updates into one (the weighted mean; robust variants override)."""
         return weighted_average(updates, weights if self.opts.weighted else None)
@@ -108,7 +114,7 @@ class FedAvg(Algorithm):
     def fit_round(self, rnd: int, grid: Grid) -> dict[str, Any]:
         clients = self.sample_clients(rnd, grid.client_ids())
         payloads = {c: self.payload(c) for c in clients}
-        msgs = [(c, Msg("train", payloads[c], self.train_config(rnd, c))) for c in clients]
+        msgs = [(c, self.train_message(rnd, c, payloads[c])) for c in clients]
         accepted = self.collect(rnd, grid, msgs, reference=lambda c: payloads[c])
         info: dict[str, Any] = {"clients": [a.client_id for a in accepted], "sampled": clients}
         if not accepted:
