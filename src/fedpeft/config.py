@@ -14,16 +14,65 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar, Union, get_args, get_origin, get_type_hints
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
 import tomllib
 
 from fedpeft.adapters import AdapterConfig
 from fedpeft.errors import ConfigError
 from fedpeft.registry import ALGORITHMS, load_plugins
-from fedpeft.training.loop import TrainConfig
 
 T = TypeVar("T")
+
+Schedule = Literal["constant", "linear", "cosine"]
+Precision = Literal["auto", "fp32", "bf16"]
+
+_SCHEDULES = ("constant", "linear", "cosine")
+_PRECISIONS = ("auto", "fp32", "bf16")
+
+
+@dataclass
+class TrainConfig:
+    """Local optimisation settings.
+
+    ``steps`` counts optimizer updates; each update sees ``batch_size * grad_accum`` examples.
+    ``balanced_sampling`` draws examples with probability inversely proportional to their label's frequency, which
+    counters label skew on a client without sharing anything (ALGORITHMS.md §1, heterogeneity).
+    """
+
+    steps: int = 100
+    batch_size: int = 16
+    grad_accum: int = 1
+    lr: float = 3e-3
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    schedule: Schedule = "constant"
+    warmup_steps: int = 0
+    max_grad_norm: float = 1.0
+    loss: str = "lm"  # a registered loss: "lm", "label_words" (fedpeft.registry.LOSSES)
+    precision: Precision = "auto"
+    balanced_sampling: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "grad_accum"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"train.{name}", getattr(self, name), "an integer >= 1")
+        if not self.lr > 0:
+            raise ConfigError("train.lr", self.lr, "a positive float")
+        if self.warmup_steps < 0:
+            raise ConfigError("train.warmup_steps", self.warmup_steps, "an integer >= 0")
+        if self.max_grad_norm < 0:
+            raise ConfigError("train.max_grad_norm", self.max_grad_norm, "a float >= 0 (0 disables clipping)")
+        from fedpeft.registry import LOSSES
+
+        if self.loss not in LOSSES:
+            raise ConfigError("train.loss", self.loss, LOSSES.names())
+        if self.schedule not in _SCHEDULES:
+            raise ConfigError("train.schedule", self.schedule, _SCHEDULES)
+        if self.precision not in _PRECISIONS:
+            raise ConfigError("train.precision", self.precision, _PRECISIONS)
+        self.betas = (float(self.betas[0]), float(self.betas[1]))
 
 
 @dataclass

@@ -109,6 +109,8 @@ PEFT_METHODS: Registry[Any] = Registry("peft method", _importer("fedpeft.adapter
 DATASETS: Registry[Any] = Registry("dataset", _importer("fedpeft.data"))
 MODELS: Registry[Any] = Registry("model", _importer("fedpeft.models"))
 ALGORITHMS: Registry[Any] = Registry("algorithm", lambda: import_subpackages("fedpeft.algorithms"))
+#: named training losses (factories; ``fedpeft.training.losses.make_loss`` builds them)
+LOSSES: Registry[Any] = Registry("loss", _importer("fedpeft.training.losses"))
 #: wire compressors by name (factories; ``fedpeft.comm.compression.make_compressor`` builds them)
 COMPRESSORS: Registry[Any] = Registry("compressor", _importer("fedpeft.comm.compression"))
 

@@ -14,12 +14,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
+from fedpeft.config import TrainConfig
 from fedpeft.errors import ConfigError
-from fedpeft.training.losses import LOSSES, LossFn, forward_logits, label_scores, make_loss
+from fedpeft.training.losses import LossFn, forward_logits, label_scores, make_loss
 from fedpeft.training.losses import _supports_logits_to_keep as _supports_logits_to_keep  # used by benchmarks
 from fedpeft.training.trainer import Trainer, autocast_context, lr_factor
 
@@ -34,56 +35,6 @@ __all__ = [
     "sample_indices",
     "train",
 ]
-
-Loss = Literal["lm", "label_words"]
-Schedule = Literal["constant", "linear", "cosine"]
-Precision = Literal["auto", "fp32", "bf16"]
-
-_SCHEDULES = ("constant", "linear", "cosine")
-_PRECISIONS = ("auto", "fp32", "bf16")
-
-
-@dataclass
-class TrainConfig:
-    """Local optimisation settings.
-
-    ``steps`` counts optimizer updates; each update sees ``batch_size * grad_accum`` examples.
-    ``balanced_sampling`` draws examples with probability inversely proportional to their label's frequency, which
-    counters label skew on a client without sharing anything (ALGORITHMS.md §1, heterogeneity).
-    """
-
-    steps: int = 100
-    batch_size: int = 16
-    grad_accum: int = 1
-    lr: float = 3e-3
-    weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.999)
-    schedule: Schedule = "constant"
-    warmup_steps: int = 0
-    max_grad_norm: float = 1.0
-    loss: Loss = "lm"
-    precision: Precision = "auto"
-    balanced_sampling: bool = False
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "grad_accum"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"train.{name}", getattr(self, name), "an integer >= 1")
-        if not self.lr > 0:
-            raise ConfigError("train.lr", self.lr, "a positive float")
-        if self.warmup_steps < 0:
-            raise ConfigError("train.warmup_steps", self.warmup_steps, "an integer >= 0")
-        if self.max_grad_norm < 0:
-            raise ConfigError("train.max_grad_norm", self.max_grad_norm, "a float >= 0 (0 disables clipping)")
-        if self.loss not in LOSSES:
-            raise ConfigError("train.loss", self.loss, list(LOSSES))
-        if self.schedule not in _SCHEDULES:
-            raise ConfigError("train.schedule", self.schedule, _SCHEDULES)
-        if self.precision not in _PRECISIONS:
-            raise ConfigError("train.precision", self.precision, _PRECISIONS)
-        self.betas = (float(self.betas[0]), float(self.betas[1]))
-
 
 @dataclass
 class TrainResult:

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from fedpeft import registry
 from fedpeft.data.tokenize import IGNORE_INDEX, label_word_logits, pick_label_words
 from fedpeft.errors import ConfigError
 
@@ -112,6 +113,8 @@ def _lm_loss_factory(word_ids: Tensor | None) -> LossFn:
 
 #: ``TrainConfig.loss`` name -> factory taking the label word ids (or None).
 LOSSES: dict[str, Callable[[Tensor | None], LossFn]] = {"lm": _lm_loss_factory, "label_words": label_words_loss}
+for _name, _factory in LOSSES.items():  # the names TrainConfig validates against, from the registry
+    registry.LOSSES.register(_name, _factory)
 
 
 def make_loss(name: str, word_ids: Tensor | None = None) -> LossFn:
