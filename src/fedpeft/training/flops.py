@@ -1,7 +1,10 @@
 """FLOPs a device spends, counted exactly but cheaply.
 
 ``torch.utils.flop_counter.FlopCounterMode`` counts the matrix products of a computation exactly, but it slows
-every operation down (about 2x on the bundled models), so it cannot run on every training step. It does not need to:
+every operation down (about 2x on the bundled models), so it cannot run on every training step; and under it some
+backward kernels differ in the last bit, so it must never run on the step itself (results would depend on which
+steps were counted). It runs on a *probe*: the same computation, its outputs thrown away, with the random state
+restored and no gradient written. It does not need to run often either:
 for a fixed model, adapter, loss and batch size B, the FLOPs of one step on a batch padded to length T are a
 polynomial of degree <= 2 in T with no other input dependence (projections are linear in T, attention scores
 quadratic; the label-word loss projects one position, a constant). :class:`FlopModel` therefore measures the first
@@ -93,22 +96,23 @@ class FlopModel:
         a, b, c = fit
         return int(a + b * length + c * length * length)
 
-    def run(self, key: Hashable, batch: int, length: int, fn: Callable[[], T]) -> T:
-        """Run ``fn`` (the computation of a batch of that shape) and report its FLOPs to the active meter;
-        counted with ``FlopCounterMode`` only while its FLOPs cannot be predicted yet."""
+    def run(self, key: Hashable, batch: int, length: int, fn: Callable[[], T], probe: Callable[[], Any]) -> T:
+        """Run ``fn`` (the computation of a batch of that shape) and report its FLOPs to the active meter. While
+        they cannot be predicted yet, ``probe`` (the same computation without side effects: no gradients written,
+        random state restored) runs first under ``FlopCounterMode``; ``fn`` itself never runs under the counter."""
         known = self.predict(key, batch, length)
         if known is not None:
             add_flops(known)
             return fn()
         with FlopCounterMode(display=False) as counter:
-            out = fn()
+            probe()
         flops = int(counter.get_total_flops())
         points = self._points.setdefault((key, batch), {})
         points[length] = flops
         if len(points) == 3:
             self._fits[(key, batch)] = _solve_quadratic(sorted(points.items()))
         add_flops(flops)
-        return out
+        return fn()
 
     def __repr__(self) -> str:
         return f"FlopModel({len(self._points)} shapes, {len(self._fits)} fitted)"

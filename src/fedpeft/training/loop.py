@@ -20,7 +20,7 @@ import torch
 
 from fedpeft.config import TrainConfig
 from fedpeft.errors import ConfigError
-from fedpeft.training.losses import LossFn, forward_logits, label_scores, make_loss
+from fedpeft.training.losses import LossFn, forward_logits, label_scores, loss_key, make_loss
 from fedpeft.training.losses import _supports_logits_to_keep as _supports_logits_to_keep  # used by benchmarks
 from fedpeft.training.trainer import Trainer, autocast_context, lr_factor
 
@@ -156,4 +156,5 @@ def _plus(task_loss: LossFn, extra_loss: Callable[[torch.nn.Module], torch.Tenso
     def loss(model: torch.nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         return task_loss(model, batch) + extra_loss(model)
 
+    loss.flops_key = ("plus", *loss_key(task_loss), *loss_key(extra_loss))  # type: ignore[attr-defined,arg-type]
     return loss

@@ -117,6 +117,16 @@ for _name, _factory in LOSSES.items():  # the names TrainConfig validates agains
     registry.LOSSES.register(_name, _factory)
 
 
+def loss_key(loss: LossFn) -> tuple[str, ...]:
+    """What a loss's FLOPs depend on besides the batch shape and the model (:mod:`fedpeft.training.flops`): a
+    ``flops_key`` attribute when the loss has one (the named losses, sums of losses), else its qualified name. A
+    custom loss whose matrix products depend on more than that (e.g. which teacher it runs) sets ``flops_key``."""
+    key = getattr(loss, "flops_key", None)
+    if key is not None:
+        return tuple(key)
+    return (getattr(loss, "__module__", "") or "", getattr(loss, "__qualname__", type(loss).__qualname__))
+
+
 def make_loss(name: str, word_ids: Tensor | None = None) -> LossFn:
     """The named loss of :data:`LOSSES` (``"lm"`` or ``"label_words"``); ConfigError listing the names otherwise."""
     if name not in LOSSES:

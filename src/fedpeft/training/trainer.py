@@ -25,7 +25,8 @@ from torch import Tensor
 
 from fedpeft.adapters import adapter_after_step
 from fedpeft.errors import ConfigError
-from fedpeft.training.losses import LossFn, make_loss
+from fedpeft.training.flops import FLOPS, shape_key
+from fedpeft.training.losses import LossFn, loss_key, make_loss
 
 __all__ = ["OptimSettings", "Trainer", "autocast_context", "lr_factor"]
 
@@ -129,9 +130,23 @@ class Trainer:
         (undivided) loss.
         """
         batch = {k: v.to(self.device) for k, v in batch.items()}
-        with autocast_context(self.device, self.cfg.precision):
-            value = (loss if loss is not None else self.loss)(self.model, batch)  # scalar
-        (value / self.cfg.grad_accum).backward()
+        fn = loss if loss is not None else self.loss
+
+        def forward_backward() -> Tensor:
+            with autocast_context(self.device, self.cfg.precision):
+                value = fn(self.model, batch)  # scalar
+            (value / self.cfg.grad_accum).backward()
+            return value
+
+        def probe() -> None:  # the same work with no side effect: no .grad written, random state restored
+            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+                with autocast_context(self.device, self.cfg.precision):
+                    value = fn(self.model, batch)
+                torch.autograd.grad(value, self.params, allow_unused=True)
+
+        # FLOPs reported to the device's meter: counted on a probe for the first lengths, then predicted exactly
+        b, t = batch["input_ids"].shape[:2] if "input_ids" in batch else (0, 0)
+        value = FLOPS.run(shape_key(self.model, "train", loss_key(fn)), int(b), int(t), forward_backward, probe)
         return float(value.detach())
 
     def apply(self) -> None:
