@@ -5,12 +5,11 @@ from __future__ import annotations
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from conftest import make_tiny_llama  # type: ignore[import-not-found]
 from fedpeft.adapters import AdapterConfig, adapter_state, attach_adapter
 from fedpeft.config import TrainConfig
 from fedpeft.training.flops import FlopModel, _solve_quadratic, add_flops, flop_meter
 from fedpeft.training.trainer import Trainer
-
-from conftest import make_tiny_llama  # type: ignore[import-not-found]
 
 
 def test_quadratic_through_three_points_is_exact() -> None:
@@ -34,7 +33,7 @@ def _batch(b: int, t: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
 
 def test_train_step_flops_predicted_exactly_after_three_lengths() -> None:
     """A Trainer's steps report the counter's exact FLOPs: measured for three lengths, then predicted for others
-    (checked against a fresh count), and the parameters come out the same as without counting."""
+    (checked against a fresh count), and the parameters come out bit-identical to steps never counted."""
     gen = torch.Generator().manual_seed(0)
     cfg = TrainConfig(steps=10, batch_size=2, loss="lm")
     lengths = [5, 9, 17, 12, 30, 9]
@@ -60,7 +59,7 @@ def test_train_step_flops_predicted_exactly_after_three_lengths() -> None:
             models[2](**batch).loss.backward()
         truth.append(int(fc.get_total_flops()))
     assert reported == truth and len(set(truth)) == 5  # lengths 12 and 30 were predicted, 9 was remembered
-    # the probes never touch the numbers: the same steps with no probe at all end bit-identical
+    # counting never touches the numbers: the same steps, none of them counted, end bit-identical
 
     class NeverProbe(FlopModel):
         def predict(self, key: object, batch: int, length: int) -> int:

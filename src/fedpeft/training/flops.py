@@ -1,15 +1,16 @@
 """FLOPs a device spends, counted exactly but cheaply.
 
 ``torch.utils.flop_counter.FlopCounterMode`` counts the matrix products of a computation exactly, but it slows
-every operation down (about 2x on the bundled models), so it cannot run on every training step; and under it some
-backward kernels differ in the last bit, so it must never run on the step itself (results would depend on which
-steps were counted). It runs on a *probe*: the same computation, its outputs thrown away, with the random state
-restored and no gradient written. It does not need to run often either:
+every operation down (about 2x on the bundled models), so it cannot run on every training step. Under it the
+forward pass computes bit for bit what it computes without it, but some backward kernels differ in the last bit, so
+a counted step (:class:`~fedpeft.training.trainer.Trainer`) runs its forward under the counter, counts the backward
+on ``torch.autograd.grad`` of the retained graph (results thrown away, no gradient written), and then runs its real
+backward outside the counter: results never depend on which steps were counted. Nor does it need to run often:
 for a fixed model, adapter, loss and batch size B, the FLOPs of one step on a batch padded to length T are a
 polynomial of degree <= 2 in T with no other input dependence (projections are linear in T, attention scores
-quadratic; the label-word loss projects one position, a constant). :class:`FlopModel` therefore measures the first
-three distinct lengths of each (key, B) with the counter, solves for the three coefficients exactly, and from then
-on predicts each step's FLOPs from its shape at no cost (tested against the counter on further lengths).
+quadratic; the label-word loss projects one position, a constant). :class:`FlopModel` therefore records the first
+three distinct lengths of each (key, B) counted, solves for the three coefficients exactly, and from then on
+predicts each step's FLOPs from its shape at no cost (tested against the counter on further lengths).
 
 :func:`flop_meter` collects the FLOPs of everything counted inside it (the runtime wraps each client message with
 it, so every reply reports its FLOPs); :func:`add_flops` is how counted code reports.
@@ -19,17 +20,12 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Hashable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any, TypeVar
-
-from torch.utils.flop_counter import FlopCounterMode
+from typing import Any
 
 __all__ = ["FlopMeter", "FlopModel", "add_flops", "flop_meter"]
-
-T = TypeVar("T")
-
 
 @dataclass
 class FlopMeter:
@@ -96,23 +92,12 @@ class FlopModel:
         a, b, c = fit
         return int(a + b * length + c * length * length)
 
-    def run(self, key: Hashable, batch: int, length: int, fn: Callable[[], T], probe: Callable[[], Any]) -> T:
-        """Run ``fn`` (the computation of a batch of that shape) and report its FLOPs to the active meter. While
-        they cannot be predicted yet, ``probe`` (the same computation without side effects: no gradients written,
-        random state restored) runs first under ``FlopCounterMode``; ``fn`` itself never runs under the counter."""
-        known = self.predict(key, batch, length)
-        if known is not None:
-            add_flops(known)
-            return fn()
-        with FlopCounterMode(display=False) as counter:
-            probe()
-        flops = int(counter.get_total_flops())
+    def record(self, key: Hashable, batch: int, length: int, flops: int) -> None:
+        """Remember the counted FLOPs of (key, batch, length); the third distinct length fixes the polynomial."""
         points = self._points.setdefault((key, batch), {})
-        points[length] = flops
+        points[length] = int(flops)
         if len(points) == 3:
             self._fits[(key, batch)] = _solve_quadratic(sorted(points.items()))
-        add_flops(flops)
-        return fn()
 
     def __repr__(self) -> str:
         return f"FlopModel({len(self._points)} shapes, {len(self._fits)} fitted)"

@@ -22,10 +22,11 @@ from typing import Any, Protocol
 
 import torch
 from torch import Tensor
+from torch.utils.flop_counter import FlopCounterMode
 
 from fedpeft.adapters import adapter_after_step
 from fedpeft.errors import ConfigError
-from fedpeft.training.flops import FLOPS, shape_key
+from fedpeft.training.flops import FLOPS, add_flops, shape_key
 from fedpeft.training.losses import LossFn, loss_key, make_loss
 
 __all__ = ["OptimSettings", "Trainer", "autocast_context", "lr_factor"]
@@ -132,21 +133,22 @@ class Trainer:
         batch = {k: v.to(self.device) for k, v in batch.items()}
         fn = loss if loss is not None else self.loss
 
-        def forward_backward() -> Tensor:
-            with autocast_context(self.device, self.cfg.precision):
-                value = fn(self.model, batch)  # scalar
-            (value / self.cfg.grad_accum).backward()
-            return value
-
-        def probe() -> None:  # the same work with no side effect: no .grad written, random state restored
-            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-                with autocast_context(self.device, self.cfg.precision):
-                    value = fn(self.model, batch)
-                torch.autograd.grad(value, self.params, allow_unused=True)
-
-        # FLOPs reported to the device's meter: counted on a probe for the first lengths, then predicted exactly
-        b, t = batch["input_ids"].shape[:2] if "input_ids" in batch else (0, 0)
-        value = FLOPS.run(shape_key(self.model, "train", loss_key(fn)), int(b), int(t), forward_backward, probe)
+        b, t = (int(n) for n in batch["input_ids"].shape[:2]) if "input_ids" in batch else (0, 0)
+        key = shape_key(self.model, "train", loss_key(fn))
+        known = FLOPS.predict(key, b, t)
+        counting = known is None  # FLOPs of this shape not known yet: count this step (numbers unchanged)
+        counter = FlopCounterMode(display=False) if counting else nullcontext()
+        with counter as fwd, autocast_context(self.device, self.cfg.precision):
+            value = fn(self.model, batch)  # scalar
+        scaled = value / self.cfg.grad_accum
+        if counting and scaled.requires_grad:
+            assert fwd is not None
+            with FlopCounterMode(display=False) as bwd:  # the backward's FLOPs, on a throwaway pass
+                torch.autograd.grad(scaled, self.params, retain_graph=True, allow_unused=True)
+            known = int(fwd.get_total_flops()) + int(bwd.get_total_flops())
+            FLOPS.record(key, b, t, known)
+        add_flops(known or 0)
+        scaled.backward()  # the real backward, never under the counter
         return float(value.detach())
 
     def apply(self) -> None:
