@@ -6,18 +6,15 @@ error feedback), and lets robust aggregators and server optimizers work on pseud
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Mapping
 
 import torch
 from torch import Tensor
 
-from fedpeft.adapters import adapter_state, load_adapter_state
 from fedpeft.algorithms.aggregation import State, state_sub
 from fedpeft.algorithms.base import ClientApp, ClientContext, Msg
+from fedpeft.algorithms.local_training import evaluate_local, round_train_config, train_local, train_metrics
 from fedpeft.algorithms.lora_aggregation import truncate_to_rank, zero_pad_aggregate
-from fedpeft.training.evaluate import evaluate_classification, evaluate_lm
-from fedpeft.training.loop import TrainConfig, TrainResult, train
 
 app = ClientApp("fedavg")
 
@@ -49,50 +46,12 @@ def train_handler(ctx: ClientContext, msg: Msg) -> Msg:
     rank = int(msg.config.get("rank", 0))
     received = msg.arrays
     start = fit_to_model(received, ctx) if rank else received
-    load_adapter_state(ctx.model, start)
     mu = float(msg.config.get("proximal_mu", 0.0))
     extra = proximal_term(ctx.model, start, mu) if mu > 0 else None
-    result = train(
-        ctx.model,
-        ctx.data.train,
-        round_train_config(ctx, msg),
-        ctx.data.collate,
-        word_ids=ctx.data.word_ids,
-        extra_loss=extra,
-        generator=ctx.generator(rnd, "train"),
-    )
-    local = adapter_state(ctx.model)
+    local, result = train_local(ctx, start, ctx.data.train, round_train_config(ctx, msg), rnd, extra_loss=extra)
     if rank:
         local = truncate_to_rank(local, rank)
     return Msg("train", arrays=state_sub(local, received), metrics=train_metrics(ctx, result))
-
-
-def round_train_config(ctx: ClientContext, msg: Msg) -> TrainConfig:
-    """The job's local training settings with this round's learning rate (sent by the server)."""
-    return dataclasses.replace(ctx.cfg.train, lr=float(msg.config.get("lr", ctx.cfg.train.lr)))
-
-
-def train_metrics(ctx: ClientContext, result: TrainResult) -> dict[str, float]:
-    return {
-        "num_examples": len(ctx.data.train),
-        "loss": result.mean_loss,
-        "steps": result.steps,
-        "seconds": round(result.seconds, 3),
-    }
-
-
-def evaluate_local(ctx: ClientContext, state: State, limit: int) -> dict[str, float]:
-    """Score ``state`` on this client's local test split (at most ``limit`` examples)."""
-    examples = list(ctx.data.test)[:limit]
-    if not examples:
-        return {"num_examples": 0}
-    load_adapter_state(ctx.model, state)
-    if ctx.data.eval_mode == "label_words":
-        metrics = evaluate_classification(ctx.model, examples, ctx.data.collate, ctx.data.word_ids)
-        metrics = {"accuracy": metrics["accuracy"]}
-    else:
-        metrics = evaluate_lm(ctx.model, examples, ctx.data.collate)
-    return {"num_examples": len(examples), **metrics}
 
 
 @app.on("evaluate")

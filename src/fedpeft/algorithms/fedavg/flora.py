@@ -19,16 +19,15 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from fedpeft.adapters import adapter_state, load_adapter_state
+from fedpeft.adapters import adapter_state
 from fedpeft.adapters.merge import added_to_base, lora_scaling
 from fedpeft.algorithms.aggregation import State
 from fedpeft.algorithms.base import Algorithm, ClientApp, ClientContext, Grid, Msg, Scalar, ServerContext
-from fedpeft.algorithms.fedavg import client
 from fedpeft.algorithms.fedavg.config import FLoRAConfig
+from fedpeft.algorithms.local_training import evaluate_local, round_train_config, train_local, train_metrics
 from fedpeft.algorithms.lora_aggregation import concat_lora, lora_deltas, lora_pairs, stack_lora, truncate_to_rank
 from fedpeft.errors import ConfigError
 from fedpeft.registry import register_algorithm
-from fedpeft.training.loop import train
 
 if TYPE_CHECKING:
     from fedpeft.config import RunConfig
@@ -64,19 +63,10 @@ app = ClientApp("flora")
 def flora_train(ctx: ClientContext, msg: Msg) -> Msg:
     rnd, rank, scaling = int(msg.config["round"]), int(msg.config["rank"]), float(msg.config["scaling"])
     merged = merge_pending(ctx, msg.arrays, scaling)
-    load_adapter_state(ctx.model, fresh_lora(ctx, rnd, rank))
-    local_cfg = client.round_train_config(ctx, msg)
-    with added_to_base(ctx.model, merged):
-        result = train(
-            ctx.model,
-            ctx.data.train,
-            local_cfg,
-            ctx.data.collate,
-            word_ids=ctx.data.word_ids,
-            generator=ctx.generator(rnd, "train"),
-        )
-    local = truncate_to_rank(adapter_state(ctx.model), rank)
-    return Msg("train.flora", arrays=local, metrics=client.train_metrics(ctx, result))
+    start = fresh_lora(ctx, rnd, rank)
+    with added_to_base(ctx.model, merged):  # train on top of W_0 + sum of the merged rounds
+        local, result = train_local(ctx, start, ctx.data.train, round_train_config(ctx, msg), rnd)
+    return Msg("train.flora", arrays=truncate_to_rank(local, rank), metrics=train_metrics(ctx, result))
 
 
 @app.on("evaluate.flora")
@@ -84,7 +74,7 @@ def flora_evaluate(ctx: ClientContext, msg: Msg) -> Msg:
     merged = merge_pending(ctx, msg.arrays, float(msg.config["scaling"]))
     zero = {k: torch.zeros_like(v) for k, v in adapter_state(ctx.model).items()}
     with added_to_base(ctx.model, merged):
-        metrics = client.evaluate_local(ctx, zero, int(msg.config.get("limit", 64)))
+        metrics = evaluate_local(ctx, zero, int(msg.config.get("limit", 64)))
     return Msg("evaluate.flora", metrics=metrics)
 
 

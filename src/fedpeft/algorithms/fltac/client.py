@@ -21,13 +21,11 @@ from typing import Any
 
 import torch
 
-from fedpeft.adapters import adapter_state, load_adapter_state
+from fedpeft.adapters import load_adapter_state
 from fedpeft.algorithms.aggregation import State, state_sub
 from fedpeft.algorithms.base import ClientApp, ClientContext, Msg
-from fedpeft.algorithms.fedavg.client import round_train_config
-from fedpeft.algorithms.fltac.router import prompt_features
-from fedpeft.training.evaluate import evaluate_classification, evaluate_lm
-from fedpeft.training.loop import train
+from fedpeft.algorithms.local_training import evaluate_examples, local_metric, round_train_config, train_local
+from fedpeft.training.features import prompt_features
 
 app = ClientApp("fltac")
 
@@ -100,16 +98,8 @@ def train_tasks(ctx: ClientContext, msg: Msg) -> Msg:
     metrics: dict[str, float] = {"num_examples": 0.0, "loss": 0.0, "steps": 0.0, "seconds": 0.0}
     for j, task in enumerate(tasks):
         examples = _of_task(ctx.data.train, task)
-        load_adapter_state(ctx.model, received[j])
-        result = train(
-            ctx.model,
-            examples,
-            cfg,
-            ctx.data.collate,
-            word_ids=ctx.data.word_ids,
-            generator=ctx.generator(rnd, "train", j),
-        )
-        updates[j] = state_sub(adapter_state(ctx.model), received[j])
+        local, result = train_local(ctx, received[j], examples, cfg, rnd, j)  # slot j: its own random stream
+        updates[j] = state_sub(local, received[j])
         metrics[f"n{j}"] = float(len(examples))
         metrics[f"loss{j}"] = result.mean_loss
         metrics["num_examples"] += len(examples)
@@ -127,16 +117,12 @@ def evaluate_tasks(ctx: ClientContext, msg: Msg) -> Msg:
     limit = int(msg.config.get("limit", 64))
     total, weighted = 0, 0.0
     metrics: dict[str, float] = {}
-    name = "accuracy" if ctx.data.eval_mode == "label_words" else "loss"
+    name = local_metric(ctx)
     for j, task in enumerate(_slots(ctx)):
         examples = _of_task(ctx.data.test, task)[:limit]
         if not examples or j not in received:
             continue
-        load_adapter_state(ctx.model, received[j])
-        if ctx.data.eval_mode == "label_words":
-            score = evaluate_classification(ctx.model, examples, ctx.data.collate, ctx.data.word_ids)["accuracy"]
-        else:
-            score = evaluate_lm(ctx.model, examples, ctx.data.collate)["loss"]
+        score = evaluate_examples(ctx, received[j], examples)[name]
         metrics[f"{name}{j}"] = score
         total += len(examples)
         weighted += score * len(examples)

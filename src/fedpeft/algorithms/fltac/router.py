@@ -1,10 +1,11 @@
 """Routing a new, unlabeled input to one of FL-TAC's task adapters (beyond the paper). Two routers:
 
 ``hidden`` (:class:`Router`): the mean, over the prompt tokens, of the last hidden layer of the model carrying the
-*initial* adapter (for LoRA that is the frozen base model), so every client and the server compute the same
-features without training anything. Each client reports, once, the mean feature of each of its local tasks (a [H]
-vector, never its examples); the server averages them within each cluster (weighted by example counts) into one
-centroid per task adapter; an input goes to the adapter with the nearest centroid (cosine distance).
+*initial* adapter (for LoRA that is the frozen base model; :func:`fedpeft.training.features.prompt_features`), so
+every client and the server compute the same features without training anything. Each client reports, once, the
+mean feature of each of its local tasks (a [H] vector, never its examples); the server averages them within each
+cluster (weighted by example counts) into one centroid per task adapter; an input goes to the adapter with the
+nearest centroid (cosine distance).
 
 ``tokens`` (:class:`TokenRouter`): read off the task adapters themselves, no client feature and no forward pass.
 Each adapter's token profile (the column norms of its input-embedding LoRA, unit length; ``cluster.adapter_vector``
@@ -16,7 +17,7 @@ tokens.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,25 +26,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-Collate = Callable[[Sequence[Mapping[str, Any]]], dict[str, torch.Tensor]]
-
-
-@torch.no_grad()
-def prompt_features(
-    model: torch.nn.Module, examples: Sequence[Mapping[str, Any]], collate: Collate, batch_size: int = 64
-) -> torch.Tensor:
-    """[N, H] mean last-layer hidden state over each example's prompt tokens (the response is not looked at)."""
-    model.eval()
-    device = next(model.parameters()).device
-    rows: list[torch.Tensor] = []
-    for i in range(0, len(examples), batch_size):
-        batch = {k: v.to(device) for k, v in collate(examples[i : i + batch_size]).items()}
-        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True)
-        hidden = out.hidden_states[-1].float()  # [B, T, H]
-        t = torch.arange(hidden.shape[1], device=device)[None, :]  # [1, T]
-        mask = (t < batch["prompt_length"][:, None]).float()  # [B, T]: prompt positions only
-        rows.append(((hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)).cpu())  # [B, H]
-    return torch.cat(rows) if rows else torch.zeros(0, 0)
+from fedpeft.training.features import Collate, prompt_features
 
 
 def cluster_centroids(
