@@ -20,6 +20,7 @@ from fedpeft.algorithms.base import ClientContext, Msg
 from fedpeft.config import TrainConfig
 from fedpeft.training.evaluate import evaluate_classification, evaluate_lm
 from fedpeft.training.loop import TrainResult, train
+from fedpeft.training.losses import LossFn
 
 Examples = Sequence[Mapping[str, Any]]
 
@@ -37,6 +38,7 @@ def train_local(
     rnd: int,
     *salt: int | str,
     extra_loss: Callable[[torch.nn.Module], torch.Tensor] | None = None,
+    loss_fn: LossFn | None = None,
 ) -> tuple[State, TrainResult]:
     """Load ``start`` into the client's model and train it on ``examples``.
 
@@ -57,6 +59,9 @@ def train_local(
         its own stream: the generator is ``ctx.generator(rnd, "train", *salt)``.
     extra_loss:
         Added to the loss every step (FedProx's proximal term).
+    loss_fn:
+        The task loss ``(model, batch) -> scalar`` instead of ``cfg.loss`` (e.g. a class-weighted or a
+        distillation loss; see :mod:`fedpeft.training.losses`).
 
     Returns
     -------
@@ -71,6 +76,7 @@ def train_local(
         ctx.data.collate,
         word_ids=ctx.data.word_ids,
         extra_loss=extra_loss,
+        loss_fn=loss_fn,
         generator=ctx.generator(rnd, "train", *salt),
     )
     return adapter_state(ctx.model), result
