@@ -103,14 +103,19 @@ def test_prepare_and_finish_phases_on_local(tmp_path: Path) -> None:
     assert [p["name"] for p in phases] == ["prepare", "finish"]
     # prepare after the round-0 evaluation and before round 1; finish after the last round
     assert kinds.index("phase") < kinds.index("round") and kinds[-1] == "phase"
-    prep = phases[0]
+    prep, fin = phases
     assert prep["big"] == [2**40, 2**40 + 1, 2**40 + 2]  # int64 through an int8/fp16 run, exact
     assert sum(prep["label_counts"]) > 0
-    # bytes: counts (2 x int64) + big (1 x int64) + seen (2 x bool) per client, none of it adapter bytes
-    assert prep["bytes_up"] == 3 * (16 + 8 + 2) and prep["bytes_down"] == 0
     summary = json.loads((run / "summary.json").read_text())
+    kinds = summary["bytes_by_kind"]
+    # counts (2 x int64) + big (1 x int64) per client: three clients at prepare, client 0 again at finish
+    assert kinds["counts"]["up"] == 4 * (16 + 8) and kinds["mask"]["up"] == 4 * 2  # 2 bools each time
+    width = kinds["features"]["up"] // 3
+    assert width % 4 == 0 and width > 0  # one float32 [(L+1) * H] vector per client, lossless
+    assert prep["bytes_up"] == 3 * (16 + 8 + 2) + 3 * width and prep["bytes_down"] == 0
     assert summary["phases"]["prepare"]["bytes_up"] == prep["bytes_up"]
-    assert summary["bytes_by_kind"]["counts"]["up"] == 4 * (16 + 8)  # three clients at prepare, one at finish
+    # the split forward equals the full forward at every cut, on the client
+    assert fin["split_cuts"] >= 3 and fin["split_max_gap"] < 1e-5
     assert summary["bytes_by_kind"]["adapter"]["up"] > 0
     rounds = [e for e in events if e["event"] == "round"]
     assert sum(r["bytes_up"] for r in rounds) == summary["bytes_by_kind"]["adapter"]["up"]
@@ -209,6 +214,18 @@ def test_plugin_algorithm_with_phases_on_flower_sim_matches_local(tmp_path: Path
     pa, pb = ([e for e in _events(p) if e["event"] == "phase"] for p in (local, sim))
     same = ("name", "bytes_up", "big")
     assert [[e.get(k) for k in same] for e in pa] == [[e.get(k) for k in same] for e in pb]
+    assert pa[0]["feature_sums"] == pytest.approx(pb[0]["feature_sums"], rel=1e-6)
+    assert pa[1]["split_max_gap"] < 1e-5 and pb[1]["split_max_gap"] < 1e-5
+    # the persistent optimizer: client state survived Flower's process boundaries (steps counted across rounds)
+    for p in (local, sim):
+        steps = [e["optimizer_steps"] for e in _events(p) if e["event"] == "client_train" and e["client"] == 0]
+        assert steps == [2.0, 4.0]
+    from safetensors.torch import load_file
+
+    wa, wb = (load_file(p / "adapter" / "adapter_model.safetensors") for p in (local, sim))
+    for key, value in wa.items():
+        torch.testing.assert_close(wb[key], value, atol=1e-5, rtol=0)
+    assert a["device_budget"]["max"]["flops"] == b["device_budget"]["max"]["flops"] > 0
     assert a["device_budget"]["max"]["params_held"] == b["device_budget"]["max"]["params_held"]
     # the server's own model and data reached the server program (in the ServerApp process on flower-sim) ...
     assert pa[0]["server_models"] == pb[0]["server_models"] and pa[0]["server_examples"] == 7

@@ -21,6 +21,7 @@ from fedpeft.config import TrainConfig
 from fedpeft.training.evaluate import evaluate_classification, evaluate_lm
 from fedpeft.training.loop import TrainResult, train
 from fedpeft.training.losses import LossFn
+from fedpeft.training.trainer import Trainer
 
 Examples = Sequence[Mapping[str, Any]]
 
@@ -39,6 +40,7 @@ def train_local(
     *salt: int | str,
     extra_loss: Callable[[torch.nn.Module], torch.Tensor] | None = None,
     loss_fn: LossFn | None = None,
+    trainer: Trainer | None = None,
 ) -> tuple[State, TrainResult]:
     """Load ``start`` into the client's model and train it on ``examples``.
 
@@ -62,6 +64,9 @@ def train_local(
     loss_fn:
         The task loss ``(model, batch) -> scalar`` instead of ``cfg.loss`` (e.g. a class-weighted or a
         distillation loss; see :mod:`fedpeft.training.losses`).
+    trainer:
+        A :class:`~fedpeft.training.trainer.Trainer` of ``ctx.model`` to continue (its optimizer state restored
+        from the client's state with ``load_state_dict``); default a fresh AdamW.
 
     Returns
     -------
@@ -77,6 +82,7 @@ def train_local(
         word_ids=ctx.data.word_ids,
         extra_loss=extra_loss,
         loss_fn=loss_fn,
+        trainer=trainer,
         generator=ctx.generator(rnd, "train", *salt),
     )
     return adapter_state(ctx.model), result
