@@ -34,28 +34,27 @@ NUMERIC_COLUMNS = frozenset(
 MISSING = "-"
 
 
-def format_bytes(n: float | None) -> str:
-    """``n`` bytes in binary units, one decimal (``"16.0 KiB"``, ``"3.1 MiB"``; 1 KiB = 1024 B); ``"-"`` for None."""
+def _scaled(n: float | None, units: tuple[str, ...], base: int) -> str:
+    """``n`` in the largest of ``units`` (each ``base`` times the previous) below ``base``, one decimal; the first
+    unit is shown whole; ``"-"`` for None."""
     if n is None:
         return MISSING
     value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(value) < 1024 or unit == "TiB":
-            return f"{round(value)} B" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
+    for unit in units:
+        if abs(value) < base or unit == units[-1]:
+            return f"{round(value)} {unit}" if unit == units[0] else f"{value:.1f} {unit}"
+        value /= base
     raise AssertionError("unreachable")
+
+
+def format_bytes(n: float | None) -> str:
+    """``n`` bytes in binary units, one decimal (``"16.0 KiB"``, ``"3.1 MiB"``; 1 KiB = 1024 B); ``"-"`` for None."""
+    return _scaled(n, ("B", "KiB", "MiB", "GiB", "TiB"), 1024)
 
 
 def format_flops(n: float | None) -> str:
     """``n`` FLOPs in decimal units with one decimal (``"1.2 GFLOP"``); ``"-"`` for None."""
-    if n is None:
-        return MISSING
-    value = float(n)
-    for unit in ("FLOP", "kFLOP", "MFLOP", "GFLOP", "TFLOP", "PFLOP"):
-        if abs(value) < 1000 or unit == "PFLOP":
-            return f"{round(value)} FLOP" if unit == "FLOP" else f"{value:.1f} {unit}"
-        value /= 1000
-    raise AssertionError("unreachable")
+    return _scaled(n, ("FLOP", "kFLOP", "MFLOP", "GFLOP", "TFLOP", "PFLOP"), 1000)
 
 
 def format_count(n: float | None) -> str:
