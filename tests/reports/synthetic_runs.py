@@ -303,3 +303,128 @@ def make_phased_run(root: Path, name: str = "split-sst2-20260101-120000", **kwar
     """The synthetic federated run with phases, payload kinds and a device budget, as ``root/name``."""
     kwargs.setdefault("truncated_tail", False)
     return write_run(root / name, phased_events(), PHASED_SUMMARY, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# A multi-task run: Natural-Instructions-like task names, clients holding several tasks (Dirichlet over tasks), and
+# per-task eval keys as fedpeft.training.evaluate.summarize_by_task writes them (``rouge_l_<task>``,
+# ``exact_match_<task>`` and their means ``rouge_l`` / ``exact_match``), plus a loss.
+
+TASKS_12 = [
+    "subtask003_mctaco_question_generation_event_duration",
+    "subtask007_mctaco_answer_generation_transient_stationary",
+    "subtask010_mctaco_answer_generation_event_ordering",
+    "subtask012_mctaco_question_generation_absolute_timepoint",
+    "subtask015_mctaco_question_generation_frequency",
+    "subtask017_mctaco_wrong_answer_generation_frequency",
+    "subtask020_mctaco_span_based_question",
+    "subtask023_cosmosqa_question_generation",
+    "subtask031_winogrande_question_generation_object",
+    "subtask034_winogrande_question_modification_object",
+    "open_qa",  # a task name that ends another one's ("closed_qa" does not, "qa" would)
+    "closed_qa",
+]
+
+
+def task_score(metric: str, task_index: int, rnd: int) -> float:
+    """The synthetic per-task score: Rouge-L (x100) rising by task; exact match 0 for every task (as small models)."""
+    if metric == "exact_match":
+        return 0.0
+    return round(2.0 + 1.5 * task_index + 0.8 * rnd * (task_index % 3), 4)
+
+
+def multitask_metrics(rnd: int, tasks: list[str], metrics: tuple[str, ...]) -> dict[str, float]:
+    """One eval event's metric values: ``<metric>_<task>`` per task, ``<metric>`` their mean, and ``loss``."""
+    out: dict[str, float] = {}
+    for metric in metrics:
+        per_task = {f"{metric}_{t}": task_score(metric, i, rnd) for i, t in enumerate(tasks)}
+        out[metric] = sum(per_task.values()) / len(per_task)
+        out.update(per_task)
+    out["loss"] = round(3.0 - 0.1 * rnd, 4)
+    return out
+
+
+def multitask_events(
+    tasks: list[str] | None = None,
+    num_clients: int = 40,
+    rounds: int = 5,
+    metrics: tuple[str, ...] = ("rouge_l", "exact_match"),
+) -> list[dict[str, Any]]:
+    """Setup (clients holding 1-3 tasks each, ``task_counts``), then per round client_train, round and eval events."""
+    tasks = list(TASKS_12 if tasks is None else tasks)
+    partition = []
+    for c in range(num_clients):
+        held = [tasks[(c + k) % len(tasks)] for k in range(1 + c % 3)]
+        counts = {t: 10 + (7 * c + 3 * k) % 25 for k, t in enumerate(held)}
+        partition.append({"client": c, "num_examples": sum(counts.values()), "task_counts": counts})
+    t0 = 1_700_000_000.0
+    events: list[dict[str, Any]] = [
+        {
+            "event": "setup",
+            "time": t0,
+            "algorithm": "fedavg",
+            "runtime": "local",
+            "num_clients": num_clients,
+            "clients_per_round": num_clients,
+            "rounds": rounds,
+            "trainable_params": 16384,
+            "trainable_bytes": 65536,
+            "eval_examples": 240,
+            "partition": partition,
+        },
+        {"event": "eval", "time": t0 + 1, "round": 0, **multitask_metrics(0, tasks, metrics)},
+    ]
+    for rnd in range(1, rounds + 1):
+        t = t0 + 10 * rnd
+        for c in range(num_clients):
+            events.append(
+                {
+                    "event": "client_train",
+                    "time": t + 1,
+                    "round": rnd,
+                    "client": c,
+                    "num_examples": partition[c]["num_examples"],
+                    "loss": round(3.0 - 0.1 * rnd + 0.01 * c, 4),
+                    "steps": 2,
+                    "seconds": 0.5,
+                    "bytes_up": 65536,
+                    "bytes_down": 65536,
+                }
+            )
+        events.append(
+            {
+                "event": "round",
+                "time": t + 2,
+                "round": rnd,
+                "clients": list(range(num_clients)),
+                "train_loss": round(3.0 - 0.1 * rnd, 4),
+                "bytes_up": 65536 * num_clients,
+                "bytes_down": 65536 * num_clients,
+                "update_norm": 0.1,
+                "seconds": 2.0,
+            }
+        )
+        events.append({"event": "eval", "time": t + 3, "round": rnd, **multitask_metrics(rnd, tasks, metrics)})
+    return events
+
+
+MULTITASK_CONFIG = """name = "ni-12-tasks"
+seed = 0
+
+[model]
+name = "tiny-small"
+
+[data]
+dataset = "natural_instructions"
+
+[adapter]
+method = "lora"
+r = 8
+"""
+
+
+def make_multitask_run(root: Path, name: str = "ni-12-tasks-20260101-120000", **kwargs: Any) -> Path:
+    """The synthetic multi-task run (12 tasks, 40 clients by default; ``kwargs`` go to :func:`multitask_events`)."""
+    path = write_run(root / name, multitask_events(**kwargs), truncated_tail=False)
+    (path / "config.toml").write_text(MULTITASK_CONFIG, encoding="utf-8")
+    return path

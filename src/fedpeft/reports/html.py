@@ -18,6 +18,7 @@ table { border-collapse: collapse; margin: 0.5em 0; } caption { text-align: left
 th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; } th { background: #f3f3f3; }
 img { max-width: 100%; border: 1px solid #eee; } .note { color: #666; }
+tr.group td { border-top: 2px solid #888; }
 """
 
 PLOT_TITLES = {
@@ -54,12 +55,19 @@ def _page(title: str, body: Iterable[str]) -> str:
     )
 
 
-def _table(header: Sequence[str], rows: Iterable[Sequence[object]], numeric: Iterable[int] = ()) -> str:
+def _table(
+    header: Sequence[str],
+    rows: Iterable[Sequence[object]],
+    numeric: Iterable[int] = (),
+    group_starts: Iterable[int] = (),
+) -> str:
+    """An HTML table; rows whose index is in ``group_starts`` (other than the first) get a rule above them."""
     num = set(numeric)
+    starts = set(group_starts) - {0}
     out = ["<table>", "<tr>" + "".join(f"<th>{_e(h)}</th>" for h in header) + "</tr>"]
-    for row in rows:
+    for r, row in enumerate(rows):
         cells = "".join(f'<td class="num">{_e(v)}</td>' if i in num else f"<td>{_e(v)}</td>" for i, v in enumerate(row))
-        out.append(f"<tr>{cells}</tr>")
+        out.append(f'<tr class="group">{cells}</tr>' if r in starts else f"<tr>{cells}</tr>")
     out.append("</table>")
     return "\n".join(out)
 
@@ -68,7 +76,7 @@ def _section(table: Table) -> list[str]:
     """A :class:`Table` as ``<h2>``, ``<table>`` (none without a header) and a note paragraph."""
     out = [f"<h2>{_e(table.title)}</h2>"]
     if table.header:
-        out.append(_table(table.header, table.rows, numeric=table.numeric))
+        out.append(_table(table.header, table.rows, numeric=table.numeric, group_starts=table.group_starts))
     if table.note:
         out.append(f'<p class="note">{_e(table.note)}</p>')
     return out

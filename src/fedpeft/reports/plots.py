@@ -9,20 +9,27 @@ from __future__ import annotations
 
 import io
 import math
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fedpeft.fileio import atomic_write_bytes
-from fedpeft.reports.store import PRIMARY_METRICS, RunRecord, Series
+from fedpeft.reports.store import MetricGroup, RunRecord, Series, order_metrics
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure, SubFigure
+    from matplotlib.lines import Line2D
 
 MIB = 2**20
 MAX_METRIC_PANELS = 12
 MAX_LEGEND_ENTRIES = 20
+MAX_TASK_LEGEND_ENTRIES = 60  # a task legend longer than this is left out (the colours still tell tasks apart)
+LEGEND_ROWS = 30  # entries per legend column before a second column starts
+LABEL_CHARS = 48  # longer task names are shortened in the middle in legends
+BAR_HATCHES = ("", "//", "..", "xx")  # bars of tasks 1-20, 21-40, ... (colours repeat every 20 tasks)
+CHAR_WIDTH_IN = 0.068  # rough width of one character of a "small" legend font, in inches
 
 
 def _figure(width: float = 7.0, height: float = 4.0) -> Figure:
@@ -57,8 +64,60 @@ def _integer_x(ax: Axes, label: str = "round") -> None:
 
 def _ordered_metrics(names: Sequence[str]) -> list[str]:
     """Primary metrics first (in preference order), then the rest alphabetically, ``loss`` last."""
-    rank = {m: i for i, m in enumerate(PRIMARY_METRICS)}
-    return sorted(names, key=lambda m: (rank.get(m, len(rank)), m == "loss", m))
+    return order_metrics(names)
+
+
+def _suptitle(fig: Figure, title: str, width_in: float) -> None:
+    """A figure title wrapped to the figure's width (so a long run name never runs off the image)."""
+    chars = max(30, int(width_in / 0.1))  # ~0.1 in per character of the default suptitle font
+    pieces = title.split(": ", 1) if len(title) > chars and ": " in title else [title]  # run name, then what
+    if len(pieces) == 2:
+        pieces[0] += ":"
+    fig.suptitle("\n".join(line for piece in pieces for line in textwrap.wrap(piece, chars, break_long_words=True)))
+
+
+def _titled_figure(width: float, height: float, title: str) -> tuple[Figure, SubFigure]:
+    """A figure with ``title`` on top and one subfigure below it for the panels and their legend: the constrained
+    layout keeps the title, the panels and a legend outside them (``loc="outside right upper"``) from overlapping."""
+    fig = _figure(width, height)
+    _suptitle(fig, title, width)
+    return fig, fig.add_subfigure(fig.add_gridspec(1, 1)[0, 0])
+
+
+def short_label(name: str, limit: int = LABEL_CHARS) -> str:
+    """``name`` shortened in the middle with an ellipsis when longer than ``limit`` characters (a legend entry)."""
+    if len(name) <= limit:
+        return name
+    head = (limit - 1) // 2
+    return name[:head] + "…" + name[len(name) - (limit - 1 - head) :]
+
+
+def _legend_labels(names: Sequence[str]) -> list[str]:
+    """Legend entries for ``names``: shortened (:func:`short_label`) unless that makes two of them equal."""
+    short = [short_label(n) for n in names]
+    return short if len(set(short)) == len(set(names)) else list(names)
+
+
+def _legend_columns(entries: int) -> int:
+    return max(1, math.ceil(entries / LEGEND_ROWS))
+
+
+def _legend_width(labels: Sequence[str], columns: int) -> float:
+    """Inches a figure legend of ``labels`` in ``columns`` columns takes (handle, padding and text)."""
+    return columns * (0.75 + CHAR_WIDTH_IN * max((len(t) for t in labels), default=4))
+
+
+def task_styles(n: int) -> list[dict[str, Any]]:
+    """A colour and line style per task, all different: tab10 for up to 10 tasks; beyond, tab20's ten dark colours
+    first, then its ten light ones, then the same twenty dashed, dotted and dash-dotted."""
+    from matplotlib import colormaps
+
+    if n <= 10:
+        return [{"color": colormaps["tab10"](i), "linestyle": "-"} for i in range(n)]
+    tab20 = colormaps["tab20"]
+    order = list(range(0, 20, 2)) + list(range(1, 20, 2))
+    styles = ("-", "--", ":", "-.")
+    return [{"color": tab20(order[i % 20]), "linestyle": styles[(i // 20) % len(styles)]} for i in range(n)]
 
 
 def _panels(
@@ -85,9 +144,87 @@ def _panels(
 
 
 def plot_global_metrics(record: RunRecord, path: str | Path) -> Path | None:
-    """Every global eval metric against the round, one panel per metric (``global_metric.png``)."""
-    metrics = _ordered_metrics(list(record.global_metrics))
-    return _panels(record.global_metrics, metrics, f"{record.name}: global evaluation", path)
+    """Every global eval metric against the round, one panel per metric (``global_metric.png``).
+
+    In a multi-task run (per-task keys such as ``rouge_l_<task>``, :attr:`RunRecord.metric_groups`) a metric's panel
+    has a thin line per task and its mean over the tasks bold, with one legend of the tasks right of the panels.
+    """
+    title = f"{record.name}: global evaluation"
+    groups = record.metric_groups
+    if not any(g.tasks for g in groups):
+        metrics = _ordered_metrics(list(record.global_metrics))
+        return _panels(record.global_metrics, metrics, title, path)
+    fig = task_metric_figure(record.global_metrics, groups, title)
+    return _save(fig, path)
+
+
+def _coincide(series: Sequence[Series]) -> bool:
+    first = series[0]
+    return all(s == first for s in series[1:])
+
+
+def task_metric_figure(metrics: dict[str, Series], groups: Sequence[MetricGroup], title: str) -> Figure:
+    """The figure of :func:`plot_global_metrics` for a multi-task run: a panel per :class:`MetricGroup` (at most
+    MAX_METRIC_PANELS, two per row), a thin line per task, the mean bold black, variants (``routed``) dashed black,
+    and one legend (mean, variants, tasks) right of the panels. Tasks keep their colour in every panel."""
+    groups = list(groups)[:MAX_METRIC_PANELS]
+    tasks = sorted({t for g in groups for t in g.tasks})
+    styles = dict(zip(tasks, task_styles(len(tasks)), strict=True))
+    labels = dict(zip(tasks, _legend_labels(tasks), strict=True))
+    variants = list(dict.fromkeys(v for g in groups for v in g.variants))
+    mean_label = f"mean of the {len(tasks)} tasks"
+    entries = [mean_label, *variants, *labels.values()]
+    show_legend = len(tasks) <= MAX_TASK_LEGEND_ENTRIES
+    columns = _legend_columns(len(entries))
+    legend_w = _legend_width(entries, columns) if show_legend else 0.0
+    ncols = 1 if len(groups) == 1 else 2
+    nrows = math.ceil(len(groups) / ncols)
+    legend_h = 0.6 + 0.2 * math.ceil(len(entries) / columns) if show_legend else 0.0
+    width = 5.0 * ncols + legend_w
+    fig, panel = _titled_figure(width, max(3.4 * nrows + 0.5, legend_h), title)
+    axes = panel.subplots(nrows, ncols, squeeze=False).ravel()
+    for ax, group in zip(axes, groups, strict=False):
+        for task, key in group.tasks.items():
+            ax.plot(*_xy(metrics[key]), linewidth=1.1, alpha=0.85, marker="o", markersize=2.5, **styles[task])
+        for key in group.variants.values():
+            ax.plot(*_xy(metrics[key]), color="black", linestyle="--", linewidth=1.8, zorder=4)
+        if group.mean is not None:
+            bold = group.tasks or group.variants
+            ax.plot(
+                *_xy(metrics[group.mean]),
+                color="black" if bold else "tab:blue",
+                linewidth=2.8 if bold else 1.5,
+                marker="o",
+                markersize=4 if bold else 3,
+                zorder=5,
+            )
+        ax.set_title(group.metric + (f" ({len(group.tasks)} tasks)" if group.tasks else ""))
+        task_series = [metrics[k] for k in group.tasks.values()]
+        if len(task_series) > 1 and _coincide(task_series):
+            ax.text(
+                0.02,
+                0.96,
+                f"all {len(task_series)} task lines coincide",
+                transform=ax.transAxes,
+                va="top",
+                fontsize="small",
+                color="dimgray",
+            )
+        _integer_x(ax)
+    for ax in axes[len(groups) :]:
+        ax.set_visible(False)
+    if show_legend:
+        handles = [_line(color="black", linewidth=2.8, marker="o", markersize=4)]
+        handles += [_line(color="black", linestyle="--", linewidth=1.8) for _ in variants]
+        handles += [_line(linewidth=1.1, marker="o", markersize=2.5, **styles[t]) for t in tasks]
+        panel.legend(handles, entries, loc="outside right upper", fontsize="small", ncols=columns, title="task")
+    return fig
+
+
+def _line(**style: Any) -> Line2D:
+    from matplotlib.lines import Line2D
+
+    return Line2D([], [], **style)
 
 
 def _client_metric(record: RunRecord) -> str | None:
@@ -181,34 +318,65 @@ def _label_order(labels: set[str]) -> list[str]:
 
 def plot_client_data(record: RunRecord, path: str | Path) -> Path | None:
     """Examples per client, stacked by label (or by task), from the ``setup`` event (``client_data.png``)."""
+    fig = client_data_figure(record)
+    return None if fig is None else _save(fig, path)
+
+
+def client_data_figure(record: RunRecord) -> Figure | None:
+    """The figure of :func:`plot_client_data`; None when the run has no partition.
+
+    The legend (labels or tasks, long task names shortened in the middle) sits right of the bars, in columns of at
+    most LEGEND_ROWS entries; the title is the figure's, wrapped to its width. With many clients only every few
+    client ids are written under the bars.
+    """
     parts = sorted(record.partition, key=lambda p: p.client)
     if not parts:
         return None
     labels = _label_order({label for p in parts for label in p.counts})
-    fig = _figure(max(6.0, min(16.0, 0.35 * len(parts) + 3.0)), 4.0)
-    ax = fig.subplots()
+    is_task = record.partition_key == "task_counts"
+    limit = MAX_TASK_LEGEND_ENTRIES if is_task else MAX_LEGEND_ENTRIES
+    show_legend = 0 < len(labels) <= limit
+    entries = _legend_labels(labels) if is_task else labels
+    columns = _legend_columns(len(labels))
+    legend_w = _legend_width(entries, columns) if show_legend else 0.0
+    bars_w = max(5.0, min(12.0, 0.22 * len(parts) + 2.0))
+    rows = math.ceil(len(labels) / columns) if show_legend else 0
+    width = bars_w + legend_w
+    what = f", {len(labels)} tasks" if is_task and labels else ""
+    title = f"{record.name}: client data ({len(parts)} clients{what})"
+    fig, panel = _titled_figure(width, max(4.0, 0.9 + 0.2 * rows), title)
+    ax = panel.subplots()
     xs = list(range(len(parts)))
     bottom = [0.0] * len(parts)
     if labels:
         from matplotlib import colormaps
 
-        qualitative = "tab10" if len(labels) <= 10 else "tab20" if len(labels) <= 20 else None
-        cmap = colormaps[qualitative or "viridis"]
-        for i, label in enumerate(labels):
+        hatches = [""] * len(labels)
+        if is_task and len(labels) > 10:  # the task colours of global_metric.png; hatched beyond 20 tasks
+            styles = task_styles(len(labels))
+            colors = [styles[i]["color"] for i in range(len(labels))]
+            hatches = [BAR_HATCHES[(i // 20) % len(BAR_HATCHES)] for i in range(len(labels))]
+        else:
+            qualitative = "tab10" if len(labels) <= 10 else "tab20" if len(labels) <= 20 else None
+            cmap = colormaps[qualitative or "viridis"]
+            colors = [cmap(i) if qualitative else cmap(i / max(1, len(labels) - 1)) for i in range(len(labels))]
+        for label, entry, color, hatch in zip(labels, entries, colors, hatches, strict=True):
             heights = [float(p.counts.get(label, 0)) for p in parts]
-            color = cmap(i) if qualitative else cmap(i / max(1, len(labels) - 1))
-            ax.bar(xs, heights, bottom=bottom, color=color, label=label, width=0.8)
+            ax.bar(xs, heights, bottom=bottom, color=color, label=entry, width=0.8, hatch=hatch or None)
             bottom = [b + h for b, h in zip(bottom, heights, strict=True)]
-        if len(labels) <= MAX_LEGEND_ENTRIES:
-            title = "task" if record.partition_key == "task_counts" else "label"
-            ax.legend(title=title, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize="small")
+        ax.set_ylim(0, 1.05 * max(bottom))
+        if show_legend:
+            kind = "task" if is_task else "label"
+            panel.legend(title=kind, loc="outside right upper", fontsize="small", ncols=columns)
     else:
         ax.bar(xs, [float(p.num_examples) for p in parts], width=0.8)
-    ax.set_xticks(xs, [str(p.client) for p in parts], fontsize="small")
+    step = max(1, math.ceil(len(parts) / 30))
+    ticks = xs[::step]
+    ax.set_xticks(ticks, [str(parts[i].client) for i in ticks], fontsize="small")
+    ax.set_xlim(-0.6, len(parts) - 0.4)
     ax.set_xlabel("client")
     ax.set_ylabel("examples")
-    ax.set_title(f"{record.name}: client data")
-    return _save(fig, path)
+    return fig
 
 
 def plot_comparison(records: Sequence[RunRecord], path: str | Path, names: Sequence[str] | None = None) -> Path | None:

@@ -9,6 +9,7 @@ and ``device_budget`` in summary.json) are optional, so older run directories lo
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -135,6 +136,109 @@ class DeviceBudget:
         return sorted(self.per_client.items(), key=lambda kv: _id_key(kv[0]))
 
 
+# Suffixes of ``<metric>_<suffix>`` keys that are a variant of the metric, not a task: FL-TAC's routed inference.
+VARIANT_SUFFIXES = ("routed",)
+
+
+def order_metrics(names: Iterable[str]) -> list[str]:
+    """Primary metrics first (in preference order), then the rest alphabetically, ``loss`` last."""
+    rank = {m: i for i, m in enumerate(PRIMARY_METRICS)}
+    return sorted(names, key=lambda m: (rank.get(m, len(rank)), m == "loss", m))
+
+
+@dataclass(frozen=True)
+class MetricGroup:
+    """One global metric and, in a multi-task run, its per-task breakdown.
+
+    ``metric`` is the metric's name (``rouge_l``); ``mean`` the key of its headline value (the unweighted mean over
+    the tasks in a multi-task run; ``metric`` itself when logged, else None); ``tasks`` maps each task to its key
+    (``rouge_l_<task>``), in task order; ``variants`` maps a label to the key of another reading of the same metric
+    (``routed``: ``accuracy_routed``, FL-TAC's router-picked adapter). A metric without tasks has only ``mean``.
+    """
+
+    metric: str
+    mean: str | None
+    tasks: dict[str, str] = field(default_factory=dict)
+    variants: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def keys(self) -> list[str]:
+        """Every key of the group: the mean, the variants, then the tasks."""
+        head = [self.mean] if self.mean is not None else []
+        return head + list(self.variants.values()) + list(self.tasks.values())
+
+
+def _split_task(name: str, tasks: Sequence[str]) -> tuple[str, str] | None:
+    """``(metric, task)`` when ``name`` is ``<metric>_<task>`` for one of ``tasks`` (the longest that fits)."""
+    for task in sorted(tasks, key=len, reverse=True):
+        if task and name.endswith("_" + task) and len(name) > len(task) + 1:
+            return name[: -len(task) - 1], task
+    return None
+
+
+def group_metrics(names: Iterable[str], tasks: Iterable[str] = ()) -> list[MetricGroup]:
+    """Group metric keys by metric: ``rouge_l``, ``rouge_l_<task>``, ... become one :class:`MetricGroup`.
+
+    Per-task keys are ``<metric>_<task>`` (:func:`fedpeft.training.evaluate.summarize_by_task`, FL-TAC's
+    ``accuracy_<task>``). ``tasks`` are the run's task names when known (:attr:`RunRecord.tasks`); keys no known task
+    explains are recognised as ``<metric>_<suffix>`` when ``<metric>`` is itself a key and at least two suffixes share
+    it. ``<metric>_routed`` is a variant of a metric that has tasks. Every other key is a group of its own. Groups
+    come primary metric first (:func:`order_metrics`), tasks in name order.
+
+    Parameters
+    ----------
+    names
+        Metric keys, e.g. those of an ``eval`` event.
+    tasks
+        Task names the run is known to have (may be empty).
+
+    Returns
+    -------
+    list[MetricGroup]
+        One group per metric; every key of ``names`` is in exactly one group.
+    """
+    keys = list(dict.fromkeys(names))
+    present = set(keys)
+    known = [t for t in dict.fromkeys(tasks) if t]
+    per_task: dict[str, dict[str, str]] = {}  # metric -> task -> key
+    rest: list[str] = []
+    for name in keys:
+        split = _split_task(name, known)
+        if split is not None and split[0] not in VARIANT_SUFFIXES:
+            per_task.setdefault(split[0], {})[split[1]] = name
+        else:
+            rest.append(name)
+    # Keys no known task explains: <metric>_<suffix> with <metric> logged, the longest such metric.
+    guessed: dict[str, dict[str, str]] = {}
+    for name in rest:
+        bases = [b for b in present if b != name and name.startswith(b + "_")]
+        if bases:
+            base = max(bases, key=len)
+            guessed.setdefault(base, {})[name[len(base) + 1 :]] = name
+    for base, found in guessed.items():
+        tasks_of = {s: k for s, k in found.items() if s not in VARIANT_SUFFIXES}
+        if len(tasks_of) >= 2 or (tasks_of and base in per_task):
+            per_task.setdefault(base, {}).update(tasks_of)
+    grouped = {k for found in per_task.values() for k in found.values()}
+    variants: dict[str, dict[str, str]] = {}
+    for base in per_task:
+        for suffix in VARIANT_SUFFIXES:
+            key = f"{base}_{suffix}"
+            if key in present and key not in grouped:
+                variants.setdefault(base, {})[suffix] = key
+                grouped.add(key)
+    metrics = set(per_task) | {k for k in keys if k not in grouped}
+    return [
+        MetricGroup(
+            metric=m,
+            mean=m if m in present else None,
+            tasks=dict(sorted(per_task.get(m, {}).items())),
+            variants=variants.get(m, {}),
+        )
+        for m in order_metrics(metrics)
+    ]
+
+
 @dataclass
 class RunRecord:
     """Everything a report needs from one run directory.
@@ -212,6 +316,25 @@ class RunRecord:
         if not available and self.summary:
             available = set(self.summary.get("final") or {})
         return next((m for m in PRIMARY_METRICS if m in available), None)
+
+    @property
+    def tasks(self) -> list[str]:
+        """The run's task names, sorted: the ``setup`` partition's ``task_counts``, a mix's datasets
+        (``"sst2+qnli+rte"``) and ``data.task_subset``; empty when the run names no tasks."""
+        found = {t for p in self.partition for t in p.counts} if self.partition_key == "task_counts" else set()
+        dataset = self.get("dataset")
+        if isinstance(dataset, str) and "+" in dataset:
+            found |= {d.strip() for d in dataset.split("+") if d.strip()}
+        data = self.config.get("data")
+        subset = data.get("task_subset") if isinstance(data, dict) else None
+        if isinstance(subset, list):
+            found |= {str(t) for t in subset}
+        return sorted(found)
+
+    @property
+    def metric_groups(self) -> list[MetricGroup]:
+        """The global metrics grouped by metric, each with its per-task keys (:func:`group_metrics`)."""
+        return group_metrics(self.global_metrics, self.tasks)
 
     def _round_metrics(self, rnd: int) -> dict[str, float]:
         return {m: s[rnd] for m, s in self.global_metrics.items() if rnd in s}

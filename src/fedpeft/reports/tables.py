@@ -9,7 +9,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from fedpeft.reports.store import BudgetRow, ByteCounts, RunRecord
+from fedpeft.reports.store import BudgetRow, ByteCounts, MetricGroup, RunRecord, group_metrics
 
 COLUMNS = (
     "run",
@@ -183,7 +183,8 @@ def markdown_table(records: Sequence[RunRecord]) -> str:
 class Table:
     """A titled table of formatted cells; ``numeric``: indices of right-aligned columns; ``note``: text after it.
 
-    A table without a header renders as its note alone (e.g. "No evaluation logged yet.").
+    A table without a header renders as its note alone (e.g. "No evaluation logged yet."). ``group_starts``: indices
+    of rows that begin a group of rows (a metric and its tasks), drawn with a rule above them in HTML.
     """
 
     title: str
@@ -191,6 +192,7 @@ class Table:
     rows: Sequence[tuple[str, ...]] = ()
     numeric: frozenset[int] = frozenset()
     note: str = ""
+    group_starts: frozenset[int] = frozenset()
 
 
 def config_table(rec: RunRecord) -> Table:
@@ -220,22 +222,60 @@ def config_table(rec: RunRecord) -> Table:
 
 
 def metrics_table(rec: RunRecord) -> Table:
-    """Global metrics at round 0, the last round and the best round (centralized: before / after)."""
+    """Global metrics at round 0, the last round and the best round (centralized: before / after).
+
+    In a multi-task run (per-task keys such as ``rouge_l_<task>``) the rows are grouped by metric: the metric's mean
+    over the tasks, its variants (``routed``), then one row per task, with a ``task`` column (:func:`task_metric_rows`).
+    """
     initial, final, best = rec.initial, rec.final, rec.best
     names = sorted(set(initial) | set(final) | {k for k in best if k != "round"})
     if not names:
         return Table("Metrics", (), note="No evaluation logged yet.")
     primary = rec.primary_metric
-    names.sort(key=lambda m: m != primary)
     if rec.centralized:
-        header: tuple[str, ...] = ("metric", "before", "after")
-        rows: list[tuple[str, ...]] = [(m, format_value(initial.get(m)), format_value(final.get(m))) for m in names]
+        stages: tuple[str, ...] = ("before", "after")
+        values: tuple[dict[str, float], ...] = (initial, final)
     else:
         best_label = f"best (round {int(best['round'])})" if "round" in best else "best"
-        header = ("metric", "initial (round 0)", f"final (round {rec.rounds_done})", best_label)
-        rows = [(m, format_value(initial.get(m)), format_value(final.get(m)), format_value(best.get(m))) for m in names]
+        stages = ("initial (round 0)", f"final (round {rec.rounds_done})", best_label)
+        values = (initial, final, best)
+    groups = group_metrics(names, rec.tasks)
     note = f"Primary metric: {primary}." if primary else ""
-    return Table("Metrics", header, rows, frozenset(range(1, len(header))), note)
+    if any(g.tasks for g in groups):
+        rows, starts = task_metric_rows(groups, values)
+        ntasks = len({t for g in groups for t in g.tasks})
+        note += (
+            f" {ntasks} tasks: a metric's first row is the unweighted mean over its tasks (the headline), then one "
+            "row per task."
+        )
+        header = ("metric", "task", *stages)
+        return Table("Metrics", header, rows, frozenset(range(2, len(header))), note.strip(), starts)
+    names.sort(key=lambda m: m != primary)
+    header = ("metric", *stages)
+    plain = [(m, *(format_value(v.get(m)) for v in values)) for m in names]
+    return Table("Metrics", header, plain, frozenset(range(1, len(header))), note)
+
+
+def task_metric_rows(
+    groups: Sequence[MetricGroup], values: Sequence[dict[str, float]]
+) -> tuple[list[tuple[str, ...]], frozenset[int]]:
+    """The rows of a multi-task metrics table and the indices of the rows that start a metric's group.
+
+    Each row is ``(metric, task, value per column of values)``: a group's first row names the metric and holds its
+    mean (``mean of N tasks``; empty for a metric without tasks), then its variants and one row per task, whose
+    metric cell is left empty. Missing values are ``-``.
+    """
+    rows: list[tuple[str, ...]] = []
+    starts: set[int] = set()
+    for group in groups:
+        starts.add(len(rows))
+        entries: list[tuple[str, str]] = []
+        if group.mean is not None:
+            entries.append((f"mean of {len(group.tasks)} tasks" if group.tasks else "", group.mean))
+        entries += list(group.variants.items()) + list(group.tasks.items())
+        for i, (label, key) in enumerate(entries):
+            rows.append((group.metric if i == 0 else "", label, *(format_value(v.get(key)) for v in values)))
+    return rows, frozenset(starts)
 
 
 def communication_table(rec: RunRecord) -> Table | None:
