@@ -71,3 +71,17 @@ def test_merge_does_not_mutate_input_and_round_trips():
     from fedpeft.config import from_dict
 
     assert to_dict(from_dict(JobConfig, to_dict(cfg))) == to_dict(cfg)
+
+
+def test_own_data_recipe_ships_its_example_file():
+    """recipes/own_data.toml's train_file (relative to the repository root) holds 5 tasks of 8 examples."""
+    from fedpeft.data import get_dataset
+    from fedpeft.training.centralized import raw_splits
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = load_config(RunConfig, root / "recipes" / "own_data.toml")
+    assert cfg.data.train_file is not None and cfg.federation.partition_by == "task"
+    cfg.data.train_file = str(root / cfg.data.train_file)
+    raw = raw_splits(cfg, get_dataset(cfg.data.dataset))
+    assert raw.note["tasks"] == ["addition", "antonyms", "capitals", "plurals", "sentiment"]
+    assert (raw.note["train_examples"], raw.note["eval_examples"]) == (30, 10)

@@ -99,6 +99,14 @@ class DataConfig:
     ``task_subset`` keeps only the examples whose task is one of these names (Dolly's categories, or datasets of a
     mix), in both splits, after the limits: the same examples of those tasks that the whole job would use (e.g. a
     centralized reference for one Dolly category). A name no loaded example has is an error naming those present.
+
+    Your own data: ``train_file`` / ``eval_file`` (relative to the current directory) for a dataset that reads files
+    (``jsonl``: JSON Lines, a JSON array, CSV, TSV, Parquet, format from the extension; ``hf``: anything
+    ``datasets`` opens, e.g. a ``save_to_disk`` folder). ``fields`` maps canonical fields to the file's own
+    (``{instruction = "question", output = "answer"}``). Without ``eval_file``, ``heldout_fraction`` of each task
+    of the train file (seeded by ``heldout_seed``, not the job seed, so every seed of a study is scored on the same
+    examples) is the evaluation split and training uses the rest. ``options`` is passed to the dataset's loader as
+    keyword options (``name_or_path`` / ``config_name`` of ``hf``, ``tasks_dir`` of ``natural_instructions``, ...).
     """
 
     dataset: str = "sst2"
@@ -110,6 +118,12 @@ class DataConfig:
     template: str | None = None  # None = the dataset's own template
     max_length: int = 128
     task_subset: list[str] | None = None
+    train_file: str | None = None
+    eval_file: str | None = None
+    fields: dict[str, str] = field(default_factory=dict)
+    heldout_fraction: float = 0.1
+    heldout_seed: int = 0
+    options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         from fedpeft.registry import DATASETS
@@ -141,11 +155,73 @@ class DataConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"data.{name}", value, "a positive integer or omitted")
+        self._check_own_data()
+
+    def _check_own_data(self) -> None:
+        """Files, field mapping and loader options: everything checkable without reading a file."""
+        from fedpeft.data import COLUMNS
+        from fedpeft.registry import DATASETS
+
+        specs = [DATASETS.get(name) for name in self.tasks]
+        readers = [n for n, s in DATASETS.items() if s.file_option is not None]
+        file_option = specs[0].file_option if len(specs) == 1 else None
+        for name in ("train_file", "eval_file"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value.strip()):
+                raise ConfigError(f"data.{name}", value, "a file path, or omitted")
+            if value is not None and file_option is None:
+                raise ConfigError(f"data.{name}", value, f"data.dataset one of {readers} (datasets that read files)")
+        if self.eval_file is not None and self.train_file is None:
+            raise ConfigError("data.eval_file", self.eval_file, "set together with data.train_file")
+        if not 0 < self.heldout_fraction < 1:
+            raise ConfigError("data.heldout_fraction", self.heldout_fraction, "a share in (0, 1)")
+        if isinstance(self.heldout_seed, bool) or self.heldout_seed < 0:
+            raise ConfigError("data.heldout_seed", self.heldout_seed, "an integer >= 0")
+        for key, source in self.fields.items():
+            if key not in COLUMNS:
+                raise ConfigError(f"data.fields.{key}", source, f"a mapping of the canonical fields {list(COLUMNS)}")
+            if not isinstance(source, str) or not source:
+                raise ConfigError(f"data.fields.{key}", source, "the name of a field of your data")
+        if self.fields and any("fields" not in spec.option_names() for spec in specs):
+            mappers = [n for n, s in DATASETS.items() if "fields" in s.option_names()]
+            raise ConfigError("data.fields", self.fields, f"data.dataset one of {mappers} (datasets that map fields)")
+        for spec in specs:
+            # The fields and the data files have config fields of their own; every other option is the loader's.
+            redirect = {"fields": "data.fields (a table of its own)"}
+            if spec.file_option is not None:
+                redirect[spec.file_option] = "data.train_file / data.eval_file"
+            allowed = [o for o in spec.option_names() if o not in redirect]
+            for key, value in self.options.items():
+                if key not in allowed:
+                    listed = f"an option of {spec.name}'s loader: {allowed}" if allowed else f"{spec.name} has none"
+                    raise ConfigError(f"data.options.{key}", value, redirect.get(key, listed))
 
     @property
     def tasks(self) -> list[str]:
         """The dataset names of a ``+`` mix (one name for a plain dataset)."""
         return [part.strip() for part in self.dataset.split("+")]
+
+    @property
+    def uses_heldout(self) -> bool:
+        """True when evaluation is a held-out share of ``train_file`` (no ``eval_file`` given)."""
+        return self.train_file is not None and self.eval_file is None
+
+    def loader_options(self, role: Literal["train", "eval"]) -> dict[str, Any]:
+        """Keyword options of the loader for the training or evaluation split: ``[data.options]``, ``fields``,
+        and the role's file (relative paths are read from the current directory, not ``data_dir``)."""
+        from fedpeft.registry import DATASETS
+
+        options = dict(self.options)
+        if self.fields:
+            options["fields"] = dict(self.fields)
+        file = self.train_file if role == "train" or self.eval_file is None else self.eval_file
+        option = DATASETS.get(self.tasks[0]).file_option
+        if file is not None and option is not None:
+            options[option] = str(Path(file).expanduser().absolute())
+            if role == "eval" and "task" in DATASETS.get(self.tasks[0]).option_names():
+                # Records without a task are named after the train file in both files, so their scores line up.
+                options.setdefault("task", Path(self.train_file or file).stem)
+        return options
 
 
 @dataclass
@@ -240,6 +316,8 @@ class FederationConfig:
             raise ConfigError("federation.lr_decay", self.lr_decay, ["constant", "linear", "cosine"])
         if self.runtime not in RUNTIMES:
             raise ConfigError("federation.runtime", self.runtime, RUNTIMES)
+        if self.partition == "natural":
+            self.partition_by = "task"  # one client per task: the task is the only column it can read
         try:
             self.partition_config(0)
         except ConfigError as exc:

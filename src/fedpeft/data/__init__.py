@@ -25,7 +25,7 @@ from fedpeft.data.base import (
     subsample,
 )
 from fedpeft.data.dolly import load_dolly, read_dolly
-from fedpeft.data.generic import load_hf_dataset, load_jsonl
+from fedpeft.data.generic import FILE_FORMATS, load_file, load_hf_dataset, load_jsonl
 from fedpeft.data.glue import load_qnli, load_rte, load_sst2
 from fedpeft.data.natural_instructions import (
     NiTask,
@@ -77,6 +77,7 @@ __all__ = [
     "COLUMNS",
     "DATA_DIR_ENV",
     "FEATURES",
+    "FILE_FORMATS",
     "IGNORE_INDEX",
     "NO_LABEL",
     "SCHEMES",
@@ -98,6 +99,7 @@ __all__ = [
     "list_ni_tasks",
     "load_dataset",
     "load_dolly",
+    "load_file",
     "load_hf_dataset",
     "load_jsonl",
     "load_natural_instructions",

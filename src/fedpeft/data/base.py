@@ -171,6 +171,9 @@ class DatasetSpec:
         For classification: the word of each class index (``label_words[label] == output``).
     template:
         Name of the default prompt template in :mod:`fedpeft.data.templates`.
+    file_option:
+        The loader option that takes a data file, for datasets that read the user's own files: a recipe's
+        ``data.train_file`` / ``data.eval_file`` arrive there (``None``: the dataset reads its own corpus).
     """
 
     name: str
@@ -180,6 +183,7 @@ class DatasetSpec:
     load: Callable[..., datasets.Dataset] = field(repr=False, compare=False)
     label_words: tuple[str, ...] = ()
     template: str = "alpaca"
+    file_option: str | None = None
 
     @property
     def num_labels(self) -> int:

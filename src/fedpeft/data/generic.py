@@ -1,12 +1,14 @@
-"""User data: JSON Lines / JSON files and Hugging Face ``datasets`` (hub name or local path).
+"""User data: files (JSON Lines, JSON array, CSV, TSV, Parquet) and Hugging Face ``datasets`` (hub name or path).
 
 Both map user field names onto the canonical schema; ``task`` defaults to the file stem or dataset name so that a
-single-task file still partitions and reports cleanly.
+single-task file still partitions and reports cleanly. A recipe reaches them through ``data.train_file`` /
+``data.eval_file`` (the spec's ``file_option``), ``data.fields`` (the ``fields`` option) and ``[data.options]``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+import csv
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +19,10 @@ from fedpeft.data.readers import get_str, iter_jsonl, load_json
 from fedpeft.errors import ConfigError, DataFormatError
 from fedpeft.registry import register_dataset
 
+Record = tuple[int | None, str, dict[str, Any]]  # (1-based line or None, field prefix such as "[3].", record)
 
-def _json_records(path: Path) -> Iterator[tuple[int | None, str, dict[str, Any]]]:
+
+def _json_records(path: Path) -> Iterator[Record]:
     """Yield ``(line, where, record)`` from a JSON Lines file or a JSON array (the Alpaca data format)."""
     with path.open(encoding="utf-8") as handle:
         head = handle.read(4096).lstrip()
@@ -31,6 +35,101 @@ def _json_records(path: Path) -> Iterator[tuple[int | None, str, dict[str, Any]]
     else:
         for line, obj in iter_jsonl(path):
             yield line, "", obj
+
+
+def _delimited_records(path: Path, delimiter: str) -> Iterator[Record]:
+    """Rows of a CSV / TSV file with a header row, as records keyed by the header (line numbers as in an editor)."""
+    with path.open(encoding="utf-8", newline="") as handle:
+        reader = csv.reader(handle, delimiter=delimiter)
+        try:
+            header = next(reader, None)
+            if header is None:
+                raise DataFormatError(path, 1, None, "empty file; expected a header row naming the fields")
+            for row in reader:
+                if not row:  # a blank line carries no example
+                    continue
+                if len(row) != len(header):
+                    # Name the first missing field, so a truncated row points at what it lacks.
+                    missing = header[len(row)] if len(row) < len(header) else None
+                    expected = f"expected {len(header)} fields ({', '.join(header)}), got {len(row)}"
+                    raise DataFormatError(path, reader.line_num, missing, expected)
+                yield reader.line_num, "", dict(zip(header, row, strict=True))
+        except UnicodeDecodeError as err:
+            raise DataFormatError(path, reader.line_num + 1, None, f"not UTF-8 text ({err.reason})") from None
+        except csv.Error as err:
+            raise DataFormatError(path, reader.line_num, None, f"invalid CSV: {err}") from None
+
+
+def _parquet_records(path: Path) -> Iterator[Record]:
+    """Rows of a Parquet file; there are no lines, so a record is named by its 0-based index (``[i].field``)."""
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except Exception as err:  # pyarrow raises several types for a damaged file; all mean "not Parquet"
+        raise DataFormatError(path, None, None, f"not a readable Parquet file ({err})") from None
+    for i, obj in enumerate(table.to_pylist()):
+        yield None, f"[{i}].", obj
+
+
+#: File suffix -> reader of its records: the format comes from the extension (``.json`` may also hold JSON Lines).
+FILE_FORMATS: dict[str, Callable[[Path], Iterator[Record]]] = {
+    ".jsonl": _json_records,
+    ".json": _json_records,
+    ".csv": lambda path: _delimited_records(path, ","),
+    ".tsv": lambda path: _delimited_records(path, "\t"),
+    ".parquet": _parquet_records,
+}
+
+
+def _records(path: Path) -> Iterator[Record]:
+    if not path.is_file():
+        raise ConfigError("path", str(path), f"an existing data file ({', '.join(FILE_FORMATS)})")
+    reader = FILE_FORMATS.get(path.suffix.lower())
+    if reader is None:
+        raise ConfigError("path", str(path), f"a file ending in one of {list(FILE_FORMATS)}")
+    return reader(path)
+
+
+def _label(obj: Mapping[str, Any], key: str, path: Path, line: int | None, where: str) -> int:
+    """A class index >= 0; CSV cells are text, so a string of digits counts too."""
+    value = obj.get(key)
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise DataFormatError(path, line, where + key, f"expected a class index >= 0, got {value!r}")
+    return value
+
+
+def _read_rows(
+    path: Path,
+    fields: Mapping[str, str | None],
+    default_task: str,
+    *,
+    task_required: bool,
+) -> datasets.Dataset:
+    """Map every record of ``path`` onto the canonical schema; ``fields`` maps canonical name -> record key.
+
+    ``instruction`` and ``output`` are required (``instruction`` non-empty), ``input`` optional; ``task`` is required
+    when ``task_required``, else read when present and ``default_task`` otherwise; ``label`` is read only when mapped.
+    """
+    cols = empty_columns()
+    instruction, inp, output = fields["instruction"], fields.get("input"), fields["output"]
+    task_key, label_key = fields.get("task"), fields.get("label")
+    assert instruction is not None and output is not None
+    for line, where, obj in _records(path):
+        cols["instruction"].append(get_str(obj, instruction, path, line, allow_empty=False, where=where))
+        cols["input"].append(get_str(obj, inp, path, line, required=False, where=where) if inp else "")
+        cols["output"].append(get_str(obj, output, path, line, where=where))
+        task = ""
+        if task_key is not None:
+            required = task_required
+            task = get_str(obj, task_key, path, line, required=required, allow_empty=not required, where=where)
+        cols["task"].append(task if task.strip() else default_task)
+        cols["label"].append(NO_LABEL if label_key is None else _label(obj, label_key, path, line, where))
+    if not cols["instruction"]:
+        raise DataFormatError(path, None, None, "no examples (the file holds no records)")
+    return make_dataset(cols)
 
 
 def load_jsonl(
@@ -48,7 +147,8 @@ def load_jsonl(
     Parameters
     ----------
     path:
-        ``.jsonl`` file, or ``.json`` file holding a list of objects (e.g. Alpaca's ``alpaca_data.json``).
+        ``.jsonl`` file, or ``.json`` file holding a list of objects (e.g. Alpaca's ``alpaca_data.json``); CSV, TSV
+        and Parquet files are read too (format from the extension, see :data:`FILE_FORMATS`).
     instruction_field:
         Required, non-empty string field -> ``instruction``.
     input_field:
@@ -69,25 +169,48 @@ def load_jsonl(
         missing required field, a non-string value or a bad label.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError("path", str(path), "an existing .jsonl or .json file")
-    default_task = task if task is not None else path.stem
-    cols = empty_columns()
-    for line, where, obj in _json_records(path):
-        cols["instruction"].append(get_str(obj, instruction_field, path, line, allow_empty=False, where=where))
-        cols["input"].append(get_str(obj, input_field, path, line, required=False, where=where) if input_field else "")
-        cols["output"].append(get_str(obj, output_field, path, line, where=where))
-        if task_field is None:
-            cols["task"].append(default_task)
-        else:
-            cols["task"].append(get_str(obj, task_field, path, line, allow_empty=False, where=where))
-        label: Any = NO_LABEL
-        if label_field is not None:
-            label = obj.get(label_field)
-            if isinstance(label, bool) or not isinstance(label, int) or label < 0:
-                raise DataFormatError(path, line, where + label_field, f"expected a class index >= 0, got {label!r}")
-        cols["label"].append(label)
-    return make_dataset(cols)
+    fields = {
+        "instruction": instruction_field,
+        "input": input_field,
+        "output": output_field,
+        "task": task_field,
+        "label": label_field,
+    }
+    return _read_rows(path, fields, task if task is not None else path.stem, task_required=True)
+
+
+def load_file(
+    path: str | Path, fields: Mapping[str, str] | None = None, *, task: str | None = None
+) -> datasets.Dataset:
+    """Load your own examples from a JSON Lines, JSON array, CSV, TSV or Parquet file (format from the extension).
+
+    Parameters
+    ----------
+    path:
+        The file (see :data:`FILE_FORMATS`).
+    fields:
+        Canonical field -> the file's field, e.g. ``{"instruction": "question", "output": "answer"}``. Unmapped
+        ``instruction`` / ``input`` / ``output`` / ``task`` are read from fields of those names (``input`` and
+        ``task`` may be absent); ``label`` is read only when mapped. A mapped ``task`` is required in every record;
+        without one, records lacking ``task`` get ``task`` (default: the file stem).
+    task:
+        Task name of records without one.
+
+    Raises
+    ------
+    DataFormatError
+        Naming the file, the line (JSON Lines, CSV, TSV) or record index (JSON array, Parquet) and the field.
+    ConfigError
+        Field ``fields`` for a key that is not a canonical field; ``path`` for a missing file or unknown extension.
+    """
+    mapping = dict(fields or {})
+    for key in mapping:
+        if key not in COLUMNS:
+            raise ConfigError("fields", key, COLUMNS)
+    path = Path(path)
+    resolved: dict[str, str | None] = {n: mapping.get(n, n) for n in ("instruction", "input", "output", "task")}
+    resolved["label"] = mapping.get("label")
+    return _read_rows(path, resolved, task if task is not None else path.stem, task_required="task" in mapping)
 
 
 #: File suffix -> ``datasets`` builder name for single local files.
@@ -211,19 +334,17 @@ def _load_jsonl_spec(
     data_dir: str | Path | None = None,
     *,
     path: str | Path | None = None,
-    instruction_field: str = "instruction",
-    input_field: str | None = "input",
-    output_field: str = "output",
-    task_field: str | None = None,
-    label_field: str | None = None,
+    fields: Mapping[str, str] | None = None,
+    task: str | None = None,
 ) -> datasets.Dataset:
-    """Registry entry for user files: the config names one file per split (relative paths under ``data_dir``)."""
+    """Registry entry for user files: one file per split (``data.train_file`` / ``data.eval_file`` arrive as
+    ``path``; a relative path is read under ``data_dir`` when one is given)."""
     if path is None:
-        raise ConfigError("path", None, f"the .jsonl/.json file of split {split!r}")
+        raise ConfigError("path", None, f"the data file of split {split!r} (data.train_file / data.eval_file)")
     file = Path(path)
     if not file.is_absolute() and data_dir is not None:
         file = Path(data_dir) / file
-    return load_jsonl(file, instruction_field, input_field, output_field, task_field, label_field=label_field)
+    return load_file(file, fields, task=task)
 
 
 def _load_hf_spec(
@@ -231,19 +352,23 @@ def _load_hf_spec(
     data_dir: str | Path | None = None,
     *,
     name_or_path: str | None = None,
+    file: str | None = None,
     columns: Mapping[str, str] | None = None,
+    fields: Mapping[str, str] | None = None,
     instruction: str | None = None,
     label_words: Sequence[str] = (),
     task: str | None = None,
     config_name: str | None = None,
 ) -> datasets.Dataset:
-    """Registry entry for Hugging Face datasets; ``name_or_path`` is required."""
-    if name_or_path is None:
-        raise ConfigError("name_or_path", None, "a Hugging Face dataset name or a local path")
+    """Registry entry for Hugging Face datasets: ``name_or_path`` (a hub name or a folder holding its splits,
+    ``[data.options]``), or ``file`` (one file or ``save_to_disk`` folder per split: ``data.train_file`` /
+    ``data.eval_file``). ``fields`` (``data.fields``) is ``columns`` under the recipe's name."""
+    if (name_or_path is None) == (file is None):
+        raise ConfigError("name_or_path", name_or_path, "a Hugging Face dataset name or local path, or data files")
     return load_hf_dataset(
-        name_or_path,
+        file if file is not None else str(name_or_path),
         split,
-        columns,
+        {**(columns or {}), **(fields or {})},
         instruction=instruction,
         label_words=label_words,
         task=task,
@@ -254,20 +379,22 @@ def _load_hf_spec(
 register_dataset(
     DatasetSpec(
         name="jsonl",
-        description="your own JSON Lines / JSON array file (option path=...; fields instruction/input/output)",
+        description="your own file: JSON Lines, JSON array, CSV, TSV or Parquet (data.train_file, data.fields)",
         task_type="generation",
         splits=("train", "dev", "test"),
         load=_load_jsonl_spec,
         template="alpaca",
+        file_option="path",
     )
 )
 register_dataset(
     DatasetSpec(
         name="hf",
-        description="a Hugging Face dataset by name or local path (option name_or_path=..., columns={...})",
+        description="a Hugging Face dataset by name or local path (data.options.name_or_path, data.fields)",
         task_type="generation",
         splits=("train", "validation", "test"),
         load=_load_hf_spec,
         template="alpaca",
+        file_option="file",
     )
 )

@@ -1,13 +1,17 @@
-"""Deterministic train/evaluation splits for bundled datasets that ship without one.
+"""Deterministic train/evaluation splits for datasets that ship without one.
 
 Dolly-15K has no official split. We hold out every row whose instruction hashes into bucket 0 of 10
 (crc32, stable across Python versions and machines), so the pretraining script and the data loaders
-agree on which rows are never trained on.
+agree on which rows are never trained on. A user's file given without an evaluation file is split by
+:func:`heldout_rows` (a seeded share of each task).
 """
 
 from __future__ import annotations
 
 import zlib
+from collections.abc import Sequence
+
+import numpy as np
 
 DOLLY_HELDOUT_BUCKETS = 10
 
@@ -38,3 +42,34 @@ def ni_task_is_heldout(task: str) -> bool:
         The task name (task file name without ``.json``).
     """
     return zlib.crc32(task.encode("utf-8")) % NI_HELDOUT_BUCKETS == 0
+
+
+def heldout_rows(tasks: Sequence[str], fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Split row numbers into (train, held-out) when a user's file comes without an evaluation file.
+
+    Stratified by task, so every task with at least two rows is evaluated (per-task scores need each task on both
+    sides): a task of ``n`` rows gives ``max(1, round(fraction * n))`` rows to the held-out side, at most ``n - 1``,
+    chosen by a permutation seeded by ``seed`` and the task name (the split of one task does not move when another
+    task's rows change). Both lists are sorted; together they hold every row exactly once.
+
+    Parameters
+    ----------
+    tasks:
+        The ``task`` of each row.
+    fraction:
+        Share of each task held out, in (0, 1).
+    seed:
+        Seed of the choice; the same rows, fraction and seed always give the same split.
+    """
+    by_task: dict[str, list[int]] = {}
+    for row, task in enumerate(tasks):
+        by_task.setdefault(task, []).append(row)
+    train: list[int] = []
+    held: list[int] = []
+    for task, rows in by_task.items():
+        rng = np.random.default_rng([seed, zlib.crc32(task.encode("utf-8"))])
+        order = rng.permutation(len(rows))
+        n_held = min(len(rows) - 1, max(1, round(fraction * len(rows))))
+        held.extend(rows[i] for i in order[:n_held])
+        train.extend(rows[i] for i in order[n_held:])
+    return sorted(train), sorted(held)

@@ -8,6 +8,12 @@ Truncation keeps the response: when prompt + response exceed ``max_length``, tok
 the prompt (after BOS, when the tokenizer uses one), so the text nearest the response survives. Only when the
 response alone does not fit in ``max_length - 1`` tokens is it cut on the right (dropping EOS), keeping one prompt
 token so that position ``prompt_length - 1`` exists.
+
+With the ``chat`` template the encoded text is the model's chat template rendering of the conversation, token for
+token what ``apply_chat_template`` gives: the prompt is everything up to and including the assistant header (the
+``add_generation_prompt=True`` rendering), the response everything after it (the answer, the end-of-turn token
+and whatever the template writes after it, e.g. ChatML's newline). No BOS/EOS is added (the template writes its
+own); a BOS the template renders first is the never-truncated prefix. Truncation follows the same rules.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import datasets
 import torch
 
 from fedpeft.data.base import column_values
-from fedpeft.data.templates import PromptTemplate, build_prompt, get_template
+from fedpeft.data.templates import ChatTemplate, Template, get_template, model_name
 from fedpeft.errors import ConfigError
 
 #: Label value ignored by ``torch.nn.functional.cross_entropy``.
@@ -93,10 +99,42 @@ def tokenize_example(
     return _assemble(bos_prefix(tokenizer), prompt_ids, response_ids, max_length)
 
 
+def _chat_parts(
+    tokenizer: Any, tpl: ChatTemplate, rows: list[dict[str, Any]]
+) -> list[tuple[list[int], list[int], list[int]]]:
+    """``(prefix, prompt, response)`` ids of each row's chat rendering; their concatenation is the tokenized
+    conversation (the prompt/response split falls on the end of the generation prompt)."""
+    prompt_texts = [tpl.render(row)[0] for row in rows]
+    full_texts = [tpl.conversation(row) for row in rows]
+    for prompt, text in zip(prompt_texts, full_texts, strict=True):
+        if not text.startswith(prompt):
+            raise ConfigError(
+                "template",
+                tpl.name,
+                f"a chat template whose generation prompt starts the rendered conversation (model "
+                f"{model_name(tokenizer)!r} renders the prompt {prompt[-60:]!r} but the conversation "
+                f"{text[max(0, len(prompt) - 60) : len(prompt) + 20]!r}); use 'alpaca'",
+            )
+    prompts = _ids(tokenizer, prompt_texts)
+    fulls = _ids(tokenizer, full_texts)
+    # A token merging across the boundary would make the prompt's ids no prefix of the conversation's: then the
+    # answer text is tokenized on its own (the boundary stays exact in text).
+    split = [full[: len(p)] == p for p, full in zip(prompts, fulls, strict=True)]
+    tails = [f[len(p) :] for p, f, ok in zip(prompt_texts, full_texts, split, strict=True) if not ok]
+    rest = iter(_ids(tokenizer, tails))
+    bos = getattr(tokenizer, "bos_token_id", None)
+    parts = []
+    for p, full, ok in zip(prompts, fulls, split, strict=True):
+        response = full[len(p) :] if ok else next(rest)
+        n = 1 if bos is not None and p[:1] == [bos] else 0  # a BOS the template writes is never truncated
+        parts.append((p[:n], p[n:], response))
+    return parts
+
+
 def encode_dataset(
     dataset: datasets.Dataset,
     tokenizer: Any,
-    template: str | PromptTemplate,
+    template: str | Template,
     max_length: int,
     add_eos: bool | None = None,
 ) -> datasets.Dataset:
@@ -112,7 +150,7 @@ def encode_dataset(
     tokenizer:
         A Hugging Face tokenizer.
     template:
-        Template name or object.
+        Template name or object (``chat`` is bound to ``tokenizer``; see the module docstring).
     max_length:
         Token budget per example.
     add_eos:
@@ -123,23 +161,27 @@ def encode_dataset(
     datasets.Dataset
         Columns ``input_ids``, ``labels``, ``prompt_length``, ``label`` (class index or -1), ``task``.
     """
-    tpl = get_template(template)
+    tpl = get_template(template, tokenizer)
     eos = tpl.add_eos if add_eos is None else add_eos
     names = [c for c in ("instruction", "input", "output", "task") if c in dataset.column_names]
     columns = {c: column_values(dataset, c) for c in names}
-    rows = (dict(zip(names, values, strict=True)) for values in zip(*(columns[c] for c in names), strict=True))
-    pairs = [build_prompt(row, tpl) for row in rows]
-    prompts = _ids(tokenizer, [p for p, _ in pairs])
-    responses = _ids(tokenizer, [r for _, r in pairs])
-    prefix = bos_prefix(tokenizer)
+    rows = [dict(zip(names, values, strict=True)) for values in zip(*(columns[c] for c in names), strict=True)]
+    if isinstance(tpl, ChatTemplate):
+        parts = _chat_parts(tokenizer, tpl, rows)
+    else:
+        pairs = [tpl.render(row) for row in rows]
+        prompts = _ids(tokenizer, [p for p, _ in pairs])
+        responses = _ids(tokenizer, [r for _, r in pairs])
+        prefix = bos_prefix(tokenizer)
+        parts = [(prefix, p, r) for p, r in zip(prompts, responses, strict=True)]
     suffix = [_eos_id(tokenizer)] if eos else []
     out: dict[str, list[Any]] = {"input_ids": [], "labels": [], "prompt_length": []}
-    for p, r in zip(prompts, responses, strict=True):
+    for prefix, p, r in parts:
         enc = _assemble(prefix, p, r + suffix, max_length)
         for key in out:
             out[key].append(enc[key])
-    out["label"] = column_values(dataset, "label") if "label" in dataset.column_names else [-1] * len(pairs)
-    out["task"] = column_values(dataset, "task") if "task" in dataset.column_names else [""] * len(pairs)
+    out["label"] = column_values(dataset, "label") if "label" in dataset.column_names else [-1] * len(rows)
+    out["task"] = column_values(dataset, "task") if "task" in dataset.column_names else [""] * len(rows)
     features = datasets.Features(
         {
             "input_ids": datasets.Sequence(datasets.Value("int32")),

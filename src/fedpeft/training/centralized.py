@@ -9,13 +9,18 @@ from __future__ import annotations
 import functools
 import time
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
+import datasets
 import torch
 
 from fedpeft.adapters import attach_adapter, count_trainable, save_adapter
 from fedpeft.config import JobConfig
-from fedpeft.data import DatasetSpec, collate, encode_dataset, label_word_ids
+from fedpeft.data import DatasetSpec, collate, encode_dataset, label_word_ids, subsample
+from fedpeft.data.base import column_values
+from fedpeft.data.splits import heldout_rows
+from fedpeft.data.templates import choose_template
 from fedpeft.errors import ConfigError
 from fedpeft.models import load_model, load_tokenizer
 from fedpeft.registry import DATASETS
@@ -40,16 +45,96 @@ class Task:
     template: str
 
 
-def _encode_split(cfg: JobConfig, tokenizer: Any, spec: DatasetSpec, template: str, split: str, limit: int | None):
-    raw = spec.load_split(split, cfg.data.data_dir, limit)
+#: Loader errors of a recipe's data, reported under the recipe's field: loader argument -> config field (per role).
+_FIELD_NAMES: dict[str, dict[str, str]] = {
+    "train": {"split": "data.train_split", "fields": "data.fields", "columns": "data.fields"},
+    "eval": {"split": "data.eval_split", "fields": "data.fields", "columns": "data.fields"},
+}
+
+
+@dataclass
+class RawSplits:
+    """The un-encoded train and eval examples of a single dataset, and where the eval examples came from."""
+
+    train: datasets.Dataset
+    eval: datasets.Dataset
+    note: dict[str, Any]  # files, formats, counts, the held-out share: for the run's ``data`` event and a log line
+
+
+def _load_role(cfg: JobConfig, spec: DatasetSpec, role: Literal["train", "eval"], limit: int | None) -> Any:
+    """One split through the loader with the recipe's options; loader errors renamed to the recipe's fields."""
+    data = cfg.data
+    split = data.train_split if role == "train" or data.uses_heldout else data.eval_split
+    names = {**_FIELD_NAMES[role], **{o: f"data.options.{o}" for o in data.options}}
+    if spec.file_option is not None:
+        names[spec.file_option] = "data.train_file" if role == "train" or data.eval_file is None else "data.eval_file"
+    try:
+        return spec.load_split(split, data.data_dir, limit, **data.loader_options(role))
+    except ConfigError as exc:
+        raise (exc.renamed(names[exc.field]) if exc.field in names else exc) from None
+
+
+def _subset(cfg: JobConfig, spec: DatasetSpec, raw: Any, split: str) -> Any:
     keep = cfg.data.task_subset
-    if keep is not None:
-        # A mix's task names are its datasets (checked with the config); a dataset's are the ones its rows carry.
-        present = sorted(set(raw["task"]))
-        unknown = sorted(set(keep) - set(present)) if len(cfg.data.tasks) == 1 else []
-        if unknown:
-            raise ConfigError("data.task_subset", keep, f"task names of {spec.name}'s {split} split: {present}")
-        raw = raw.filter(lambda ex: ex["task"] in keep)
+    if keep is None:
+        return raw
+    # A mix's task names are its datasets (checked with the config); a dataset's are the ones its rows carry.
+    present = sorted(set(raw["task"]))
+    unknown = sorted(set(keep) - set(present)) if len(cfg.data.tasks) == 1 else []
+    if unknown:
+        raise ConfigError("data.task_subset", keep, f"task names of {spec.name}'s {split} split: {present}")
+    return raw.filter(lambda ex: ex["task"] in keep)
+
+
+def raw_splits(cfg: JobConfig, spec: DatasetSpec) -> RawSplits:
+    """Load the train and eval examples of a single dataset, without a tokenizer (so bad data fails before any
+    model is loaded): the configured splits, or, for a train file without an eval file, a seeded held-out share of
+    each task of it for evaluation and the rest for training (disjoint rows; the limits apply afterwards)."""
+    data = cfg.data
+    note: dict[str, Any] = {"dataset": spec.name}
+    if data.uses_heldout:
+        full = _load_role(cfg, spec, "train", None)
+        train_rows, eval_rows = heldout_rows(column_values(full, "task"), data.heldout_fraction, data.heldout_seed)
+        if not eval_rows:
+            raise ConfigError("data.eval_file", None, f"an eval file: {len(full)} rows leave nothing to hold out")
+        train = subsample(full.select(train_rows), data.train_limit)
+        held = subsample(full.select(eval_rows), data.eval_limit)
+        note["heldout"] = {"fraction": data.heldout_fraction, "seed": data.heldout_seed, "of_rows": len(full)}
+    else:
+        train = _load_role(cfg, spec, "train", data.train_limit)
+        held = _load_role(cfg, spec, "eval", data.eval_limit)
+    train, held = _subset(cfg, spec, train, data.train_split), _subset(cfg, spec, held, data.eval_split)
+    for name in ("train_file", "eval_file"):
+        if getattr(data, name) is not None:
+            note[name] = str(Path(getattr(data, name)).absolute())
+    note.update(train_examples=len(train), eval_examples=len(held), tasks=sorted(set(column_values(train, "task"))))
+    return RawSplits(train, held, note)
+
+
+def check_data(cfg: JobConfig) -> RawSplits | None:
+    """Pre-flight of a job's data, before a run directory or model exists: a single dataset's splits are loaded
+    (a bad file raises DataFormatError naming file, line and field); a mix of built-in corpora is not (None)."""
+    if len(cfg.data.tasks) > 1:
+        return None
+    return raw_splits(cfg, DATASETS.get(cfg.data.tasks[0], "data.dataset"))
+
+
+def describe_data(note: dict[str, Any]) -> str:
+    """One line saying what a job trains and evaluates on (printed and logged before the run starts)."""
+    tasks = note["tasks"]
+    text = f"data: {note['train_examples']} train / {note['eval_examples']} eval examples, {len(tasks)} task(s)"
+    held = note.get("heldout")
+    if held is not None:
+        text += (
+            f"; no data.eval_file, so evaluation uses a held-out {held['fraction']:.0%} of each task of "
+            f"{note['train_file']} (data.heldout_fraction, seed data.heldout_seed={held['seed']}) and training the rest"
+        )
+    return text
+
+
+def _encode_split(cfg: JobConfig, tokenizer: Any, spec: DatasetSpec, template: str, split: str, limit: int | None):
+    raw = spec.load_split(split, cfg.data.data_dir, limit, **cfg.data.options)
+    raw = _subset(cfg, spec, raw, split)
     return raw, list(encode_dataset(raw, tokenizer, template, cfg.data.max_length))
 
 
@@ -77,9 +162,11 @@ def prepare_task(cfg: JobConfig, tokenizer: Any) -> Task:
             raise ConfigError("eval.mode", cfg.eval.mode, "'auto' or 'label_words' for a mix of datasets")
         return Task(specs, tokenizer, train_rows, eval_rows, None, None, collate_fn, mode, "")
     spec = specs[0]
-    template = cfg.data.template or spec.template
-    _, train_rows = _encode_split(cfg, tokenizer, spec, template, cfg.data.train_split, cfg.data.train_limit)
-    eval_ds, eval_rows = _encode_split(cfg, tokenizer, spec, template, cfg.data.eval_split, cfg.data.eval_limit)
+    template = choose_template(cfg.data.template, spec.template, tokenizer).name  # chat for instructions when it can
+    raw = raw_splits(cfg, spec)
+    eval_ds = raw.eval
+    train_rows = list(encode_dataset(raw.train, tokenizer, template, cfg.data.max_length))
+    eval_rows = list(encode_dataset(raw.eval, tokenizer, template, cfg.data.max_length))
     word_ids = None
     if spec.task_type == "classification":
         word_ids = torch.tensor(label_word_ids(tokenizer, spec.label_words))
@@ -134,7 +221,7 @@ def _scores_and_labels(
         raise ConfigError("eval.mode", task.eval_mode, "'label_words' or 'generation' for per-example scores")
     from fedpeft.data import build_prompt
 
-    pairs = [build_prompt(row, task.template) for row in task.eval_raw]
+    pairs = [build_prompt(row, task.template, task.tokenizer) for row in task.eval_raw]
     refs = [r.strip() for _, r in pairs]
     preds = generate(model, task.tokenizer, [p for p, _ in pairs], max_new_tokens, batch_size)
     return {"rouge_l": rouge_l_scores(preds, refs), "exact_match": exact_match_scores(preds, refs)}, None

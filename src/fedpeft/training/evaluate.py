@@ -8,6 +8,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from fedpeft.data.templates import stop_token_ids
 from fedpeft.training.loop import autocast_context, forward_logits, label_scores
 from fedpeft.training.metrics import accuracy, exact_match, perplexity, rouge_l
 
@@ -93,6 +94,12 @@ def evaluate_lm(
     return {"loss": nll / max(count, 1), "perplexity": perplexity(nll, count)}
 
 
+def _until_stop(ids: list[int], stops: Sequence[int]) -> list[int]:
+    """``ids`` up to (not including) the first stop token."""
+    cut = next((i for i, t in enumerate(ids) if t in stops), len(ids))
+    return ids[:cut]
+
+
 @torch.no_grad()
 def generate(
     model: torch.nn.Module,
@@ -105,10 +112,12 @@ def generate(
     """Greedy batched generation; returns only the new text for each prompt.
 
     Prompts are left-padded (and left-truncated to ``max_prompt_tokens``) so every sequence ends where generation
-    starts.
+    starts. Generation stops at EOS and at the chat template's end-of-turn token (e.g. ``<|im_end|>``, see
+    :func:`fedpeft.data.templates.stop_token_ids`); the text is cut before the first of them.
     """
     model.eval()
     device = _device(model)
+    stops = stop_token_ids(tokenizer)
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"
     outputs: list[str] = []
@@ -125,9 +134,10 @@ def generate(
                 max_new_tokens=max_new_tokens,
                 do_sample=False,
                 pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=tokenizer.eos_token_id,
+                eos_token_id=stops or None,
             )
-            outputs.extend(tokenizer.batch_decode(gen[:, ids.shape[1] :], skip_special_tokens=True))
+            new = [_until_stop(row, stops) for row in gen[:, ids.shape[1] :].tolist()]
+            outputs.extend(tokenizer.batch_decode(new, skip_special_tokens=True))
     finally:
         tokenizer.padding_side = side
     return [o.strip() for o in outputs]
