@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.fedpeft-installed
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[flower,dev]"
+	$(BIN)/pip install -q -e ".[flower,dev,real]"
 	touch $(STAMP)
 
 install: $(STAMP)

