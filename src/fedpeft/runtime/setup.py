@@ -26,6 +26,7 @@ from fedpeft.algorithms.lora_aggregation import lora_deltas, lora_pairs
 from fedpeft.config import RunConfig
 from fedpeft.data import collate, encode_dataset
 from fedpeft.data.partition import partition_indices
+from fedpeft.data.templates import choose_template
 from fedpeft.errors import ConfigError
 from fedpeft.models import load_model, load_tokenizer, select_device
 from fedpeft.registry import DATASETS
@@ -190,7 +191,8 @@ def server_examples(cfg: RunConfig, tokenizer: Any) -> ServerData | None:
         return None
     spec = DATASETS.get(held.dataset, "server.data.dataset")
     raw = spec.load_split(held.split, held.data_dir, held.limit)
-    rows = [dict(ex) for ex in encode_dataset(raw, tokenizer, held.template or spec.template, cfg.data.max_length)]
+    template = choose_template(held.template, spec.template, tokenizer)  # the chat template when the model has one
+    rows = [dict(ex) for ex in encode_dataset(raw, tokenizer, template, cfg.data.max_length)]
     if not held.labels:
         for ex in rows:  # the prompt and nothing else: no response tokens, no label
             n = int(ex["prompt_length"])
