@@ -32,3 +32,14 @@ def machine_info(threads: int) -> dict[str, Any]:
         "platform": platform.platform(),
         "load_average_start": os.getloadavg(),
     }
+
+
+def save_result(path: Path, result: dict[str, Any]) -> None:
+    """Write a benchmark's JSON atomically, adding the load average at the end to ``result["machine"]`` (a busy
+    machine at the start or the end says the timings are not comparable)."""
+    import json
+
+    from fedpeft.fileio import atomic_write_text
+
+    result.setdefault("machine", {})["load_average_end"] = os.getloadavg()
+    atomic_write_text(path, json.dumps(result, indent=1) + "\n")
