@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import datasets
 import pytest
@@ -45,18 +46,24 @@ def test_glue_label_conventions(shared_data: Path) -> None:
     assert qnli[0]["input"].startswith("Question: What came into force") and qnli[0]["output"] == "yes"
 
 
-def test_rte_train_plus_heldout_is_glue_train(shared_data: Path) -> None:
-    assert len(D.load_rte("train_heldout", shared_data)) == 249
+def test_test_splits_are_held_out_from_training(shared_data: Path) -> None:
+    """RTE's test is the 249 GLUE-train rows kept out of train.tsv; QNLI's test a question-hashed share of our
+    GLUE-train subset: no question on both sides, and together they are the whole file."""
+    assert (len(D.load_rte("train", shared_data)), len(D.load_rte("test", shared_data))) == (2241, 249)
+    train, test = D.load_qnli("train", shared_data), D.load_qnli("test", shared_data)
+    assert (len(train), len(test)) == (9482, 993)
+    def question(rows: Any) -> set[str]:
+        return {x.split("\nSentence: ")[0] for x in rows["input"]}
+
+    assert not question(train) & question(test)
+    assert len(D.load_sst2("test", shared_data)) == 1821
 
 
 def test_sst2_falls_back_to_bundled_copy(monkeypatch: pytest.MonkeyPatch, shared_data: Path, tmp_path: Path) -> None:
     monkeypatch.delenv(base.DATA_DIR_ENV, raising=False)
     monkeypatch.setattr(base, "default_data_dir", lambda: None)
-    bundled = D.load_sst2("dev")
-    assert bundled.to_dict() == D.load_sst2("dev", shared_data).to_dict()
-    # Not bundled: a clear error naming data_dir.
-    with pytest.raises(ConfigError, match="data_dir"):
-        D.load_sst2("test")
+    for split in ("dev", "test"):  # the job chooses on dev and reports on test from a pip install
+        assert D.load_sst2(split).to_dict() == D.load_sst2(split, shared_data).to_dict()
     # An explicit directory always wins, even when it lacks the file.
     with pytest.raises(ConfigError, match=r"glue/sst2/dev\.tsv"):
         D.load_sst2("dev", tmp_path)
@@ -154,8 +161,8 @@ def test_natural_instructions_v2_layout(tmp_path: Path) -> None:
 
 def test_load_split_validation(shared_data: Path) -> None:
     spec = D.get_dataset("rte")
-    with pytest.raises(ConfigError, match=r"split='test' is invalid; allowed: 'train', 'train_heldout', 'dev'"):
-        spec.load_split("test", shared_data)
+    with pytest.raises(ConfigError, match=r"split='unseen' is invalid; allowed: 'train', 'test', 'dev'"):
+        spec.load_split("unseen", shared_data)
     with pytest.raises(ConfigError, match="rte option"):
         spec.load_split("dev", shared_data, tasks=["x"])
     with pytest.raises(ConfigError, match="dataset"):

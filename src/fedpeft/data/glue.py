@@ -18,6 +18,7 @@ import datasets
 
 from fedpeft.data.base import BUNDLED_DIR, DatasetSpec, data_dir_is_explicit, empty_columns, make_dataset, resolve_path
 from fedpeft.data.readers import parse_label, read_tsv
+from fedpeft.data.splits import qnli_is_test
 from fedpeft.errors import ConfigError, DataFormatError
 from fedpeft.registry import register_dataset
 
@@ -53,8 +54,10 @@ class GlueTask:
     instruction: str
 
 
-def read_glue_tsv(path: str | Path, task: GlueTask) -> datasets.Dataset:
-    """Read one GLUE TSV file into the canonical schema.
+def read_glue_tsv(
+    path: str | Path, task: GlueTask, keep: Callable[[Mapping[str, str]], bool] | None = None
+) -> datasets.Dataset:
+    """Read one GLUE TSV file into the canonical schema (only the rows ``keep`` accepts, when given).
 
     Raises
     ------
@@ -70,6 +73,8 @@ def read_glue_tsv(path: str | Path, task: GlueTask) -> datasets.Dataset:
             if not row[name]:
                 raise DataFormatError(path, line, name, "empty")
         label = parse_label(row["label"], allowed, path, line)
+        if keep is not None and not keep(row):
+            continue
         cols["instruction"].append(task.instruction)
         cols["input"].append(task.make_input(row))
         cols["output"].append(task.label_words[label])
@@ -91,7 +96,9 @@ SST2 = GlueTask(
 QNLI = GlueTask(
     name="qnli",
     folder="qnli",
-    files={"train": "train_subset.tsv", "dev": "dev.tsv"},
+    # "test": the rows of our GLUE-train subset whose question hashes into the held-out bucket (qnli_is_test);
+    # "train" is the rest. GLUE's test labels are not public, and GLUE dev has been used for tuning.
+    files={"train": "train_subset.tsv", "test": "train_subset.tsv", "dev": "dev.tsv"},
     text_columns=("question", "sentence"),
     make_input=lambda row: f"Question: {row['question']}\nSentence: {row['sentence']}",
     label_words=("yes", "no"),  # GLUE QNLI: 0 = entailment (the sentence answers the question)
@@ -101,7 +108,8 @@ QNLI = GlueTask(
 RTE = GlueTask(
     name="rte",
     folder="rte",
-    files={"train": "train.tsv", "train_heldout": "train_heldout.tsv", "dev": "dev.tsv"},
+    # "test": 249 rows of GLUE train kept out of train.tsv and out of all tuning (GLUE's test labels are not public)
+    files={"train": "train.tsv", "test": "train_heldout.tsv", "dev": "dev.tsv"},
     text_columns=("premise", "hypothesis"),
     make_input=lambda row: f"Premise: {row['premise']}\nHypothesis: {row['hypothesis']}",
     label_words=("yes", "no"),  # GLUE RTE: 0 = entailment
@@ -109,7 +117,7 @@ RTE = GlueTask(
 )
 
 #: Bundled SST-2 files (flat, so the package-data glob ``data/bundled/*`` ships them).
-SST2_BUNDLED = {"train": "sst2_train.tsv", "dev": "sst2_dev.tsv"}
+SST2_BUNDLED = {"train": "sst2_train.tsv", "dev": "sst2_dev.tsv", "test": "sst2_test.tsv"}
 
 
 def _glue_path(task: GlueTask, split: str, data_dir: str | Path | None) -> Path:
@@ -119,14 +127,14 @@ def _glue_path(task: GlueTask, split: str, data_dir: str | Path | None) -> Path:
 def load_sst2(split: str, data_dir: str | Path | None = None) -> datasets.Dataset:
     """Load SST-2 (Socher et al., 2013; GLUE version): ``label`` 1 = positive, ``output`` the sentiment word.
 
-    The train and dev splits fall back to the copy bundled in the package when no data directory is configured
+    The splits fall back to the copy bundled in the package when no data directory is configured
     (the default job runs offline from a pip install); an explicit ``data_dir`` or ``$FEDPEFT_DATA_DIR`` is always
     used as given.
 
     Parameters
     ----------
     split:
-        ``"train"`` (67,349 rows), ``"dev"`` (872) or ``"test"`` (1,821 labelled, not bundled).
+        ``"train"`` (67,349 rows), ``"dev"`` (872: choose settings here) or ``"test"`` (1,821 labelled: report here).
     data_dir:
         Data directory with ``glue/sst2/``.
     """
@@ -141,19 +149,27 @@ def load_sst2(split: str, data_dir: str | Path | None = None) -> datasets.Datase
 
 
 def load_qnli(split: str, data_dir: str | Path | None = None) -> datasets.Dataset:
-    """Load QNLI: ``label`` 0 = entailment -> ``"yes"``; train is the 10,475-row subset of GLUE train."""
-    return read_glue_tsv(_glue_path(QNLI, split, data_dir), QNLI)
+    """Load QNLI: ``label`` 0 = entailment -> ``"yes"``.
+
+    ``"train"`` (9,482 rows) and ``"test"`` (993) split our 10,475-row subset of GLUE train by question
+    (:func:`fedpeft.data.splits.qnli_is_test`: no question on both sides); ``"dev"`` is GLUE dev (5,463).
+    """
+    path = _glue_path(QNLI, split, data_dir)
+    if split == "dev":
+        return read_glue_tsv(path, QNLI)
+    return read_glue_tsv(path, QNLI, keep=lambda row: qnli_is_test(row["question"]) == (split == "test"))
 
 
 def load_rte(split: str, data_dir: str | Path | None = None) -> datasets.Dataset:
-    """Load RTE: ``label`` 0 = entailment -> ``"yes"``; train + train_heldout together are GLUE train."""
+    """Load RTE: ``label`` 0 = entailment -> ``"yes"``; ``"train"`` (2,241) + ``"test"`` (249) are GLUE train,
+    ``"dev"`` is GLUE dev (277)."""
     return read_glue_tsv(_glue_path(RTE, split, data_dir), RTE)
 
 
 register_dataset(
     DatasetSpec(
         name="sst2",
-        description="GLUE SST-2 movie-review sentiment (2 classes; bundled train/dev)",
+        description="GLUE SST-2 movie-review sentiment (2 classes; bundled train/dev/test)",
         task_type="classification",
         splits=tuple(SST2.files),
         load=load_sst2,

@@ -1,9 +1,10 @@
 """Deterministic train/evaluation splits for datasets that ship without one.
 
-Dolly-15K has no official split. We hold out every row whose instruction hashes into bucket 0 of 10
-(crc32, stable across Python versions and machines), so the pretraining script and the data loaders
-agree on which rows are never trained on. A user's file given without an evaluation file is split by
-:func:`heldout_rows` (a seeded share of each task).
+QNLI's and RTE's GLUE test labels are not public: QNLI's test split is a hashed share of our GLUE-train subset
+(:func:`qnli_is_test`), RTE's the 249 GLUE-train rows kept out of ``train.tsv``. Dolly-15K has no official split:
+we hold out every row whose instruction hashes into bucket 0 of 10 (crc32, stable across Python versions and
+machines), so the pretraining script and the data loaders agree on which rows are never trained on.
+A user's file given without an evaluation file is split by :func:`heldout_rows` (a seeded share of each task).
 """
 
 from __future__ import annotations
@@ -25,6 +26,21 @@ def dolly_is_heldout(instruction: str) -> bool:
         The row's ``instruction`` field.
     """
     return zlib.crc32(instruction.encode("utf-8")) % DOLLY_HELDOUT_BUCKETS == 0
+
+
+QNLI_TEST_BUCKETS = 10
+
+
+def qnli_is_test(question: str) -> bool:
+    """Return True when a QNLI row of our GLUE-train subset belongs to our test split (GLUE's test labels are not
+    public): the crc32 of the question in bucket 0 of 10, so every row sharing a question is on the same side.
+
+    Parameters
+    ----------
+    question:
+        The row's ``question`` field, stripped.
+    """
+    return zlib.crc32(question.encode("utf-8")) % QNLI_TEST_BUCKETS == 0
 
 
 NI_HELDOUT_BUCKETS = 5
