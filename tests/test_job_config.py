@@ -1,29 +1,124 @@
 from pathlib import Path
 
+import datasets
 import pytest
 import tomllib
 
 from fedpeft.algorithms import get_algorithm
 from fedpeft.config import JobConfig, RunConfig, load_config, merge_overrides, parse_override, to_dict
+from fedpeft.data.base import DATA_DIR_ENV, column_values
+from fedpeft.data.partition import partition_indices
 from fedpeft.errors import ConfigError
+from fedpeft.registry import DATASETS, MODELS
+from fedpeft.runtime import run as run_module
+from fedpeft.training.centralized import check_data
 
-RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.toml"))
+REPO = Path(__file__).resolve().parents[1]
+RECIPES = sorted((REPO / "recipes").glob("*.toml"))
 
 
 def test_there_are_recipes():
     assert RECIPES, "recipes/ must ship at least the demo recipe"
 
 
-@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)
-def test_every_shipped_recipe_parses_and_validates(recipe):
-    """Federated recipes (with a [federation] table, for `fedpeft run`) parse as RunConfig, the others as JobConfig
-    (`fedpeft finetune`); either way every field is validated, including the algorithm's own table."""
+@pytest.fixture
+def no_model_download(monkeypatch):
+    """Any attempt to fetch a model that is not bundled (``smollm2-135m``) fails the test instead of downloading."""
+
+    def refuse(self, *args, **kwargs):
+        raise AssertionError(f"test tried to fetch model {self.name!r}")
+
+    for _, spec in MODELS.items():
+        if spec.fetcher is not None:
+            monkeypatch.setattr(type(spec.fetcher), "fetch", refuse)
+
+
+def _load_recipe(recipe: Path) -> JobConfig:
     federated = "federation" in tomllib.loads(recipe.read_text())
     cfg = load_config(RunConfig if federated else JobConfig, recipe)
-    assert cfg.train.steps >= 1
-    if federated:
-        assert isinstance(cfg, RunConfig)
+    assert type(cfg) is (RunConfig if federated else JobConfig)
+    return cfg
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)
+def test_every_shipped_recipe_parses_and_validates(recipe, no_model_download):
+    """Federated recipes (with a [federation] table, for `fedpeft run`) parse as RunConfig, the others as JobConfig
+    (`fedpeft finetune`), every field validated, including the algorithm's own table; and what a recipe names exists:
+    its model is a registered short name (bundled and loadable offline, or fetched into the cache on first use), every
+    dataset of it is registered and has the recipe's train and eval splits, and its federation is self-consistent."""
+    cfg = _load_recipe(recipe)
+    assert cfg.name and cfg.train.steps >= 1 and cfg.train.lr > 0
+    spec = MODELS.get(cfg.model.name)  # a short name, not a hub id or a path that would reach the network
+    if spec.fetcher is None:
+        assert spec.available(), f"{cfg.model.name}: bundled checkpoint missing"
+    else:
+        assert spec.path is None and spec.location().name == cfg.model.name  # fetched on first use, never here
+    for name in cfg.data.tasks:
+        splits = DATASETS.get(name).splits
+        for split in (cfg.data.train_split, cfg.data.eval_split):
+            assert split in splits, f"dataset {name!r} has no split {split!r} (it has {splits})"
+        if not cfg.data.uses_heldout:
+            assert cfg.data.train_split != cfg.data.eval_split, "evaluation on the training split"
+    if isinstance(cfg, RunConfig):
         assert isinstance(cfg.algorithm, get_algorithm(cfg.federation.algorithm).config_cls)
+        fed = cfg.federation
+        assert 1 <= fed.clients_per_round <= fed.num_clients
+        if len(cfg.data.tasks) > 1 or fed.partition == "natural":
+            assert fed.partition_by == "task", "a mix or a natural partition splits by task"
+        if len(cfg.data.tasks) > 1 and fed.partition == "natural":
+            assert fed.num_clients == len(cfg.data.tasks)
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)
+def test_every_shipped_recipe_passes_the_data_preflight(recipe, shared_data, monkeypatch, no_model_download):
+    """The data pre-flight `fedpeft finetune` / `fedpeft run` do before any model is loaded (check_data, or
+    check_federated_data, which also partitions the training rows as the run will): it must pass on the shipped
+    data without adjusting the recipe (a natural partition's num_clients already equals its number of tasks), and
+    give every client a non-empty, disjoint share. A mix of datasets, which the pre-flight leaves to setup, is checked
+    here task by task the same way (its splits loaded without a tokenizer, then partitioned by task)."""
+    monkeypatch.setenv(DATA_DIR_ENV, str(shared_data))
+    monkeypatch.chdir(REPO)  # recipes give data files relative to the repository root
+    cfg = _load_recipe(recipe)
+    data = cfg.data
+    seen: list = []  # what check_data returned inside check_federated_data (so the data is loaded once)
+
+    def recording_check_data(c):
+        seen.append(check_data(c))
+        return seen[-1]
+
+    monkeypatch.setattr(run_module, "check_data", recording_check_data)
+    if isinstance(cfg, RunConfig):
+        checked, note, lines = run_module.check_federated_data(cfg)
+        assert checked.federation == cfg.federation, lines  # nothing adjusted
+        assert note is None or "num_clients_adjusted" not in note
+        raw = seen[0]
+    else:
+        raw = check_data(cfg)
+    if len(data.tasks) == 1:
+        assert raw is not None and len(raw.train) > 0 and len(raw.eval) > 0
+        for split, limit in ((raw.train, data.train_limit), (raw.eval, data.eval_limit)):
+            assert limit is None or len(split) <= limit
+        train_rows = {"label": column_values(raw.train, "label"), "task": column_values(raw.train, "task")}
+    else:
+        assert raw is None  # a mix is left to setup
+        train_rows = {"label": [], "task": []}
+        for name in data.tasks:
+            spec = DATASETS.get(name)
+            train = spec.load_split(data.train_split, data.data_dir, data.train_limit, **data.options)
+            held = spec.load_split(data.eval_split, data.data_dir, data.eval_limit, **data.options)
+            assert len(train) > 0 and len(held) > 0, name
+            assert set(column_values(train, "task")) == {name}
+            train_rows["label"] += column_values(train, "label")
+            train_rows["task"] += column_values(train, "task")
+    if not isinstance(cfg, RunConfig):
+        return
+    fed = cfg.federation
+    if fed.partition == "natural":
+        assert len(set(train_rows["task"])) == fed.num_clients
+    parts = partition_indices(datasets.Dataset.from_dict(train_rows), fed.partition_config(cfg.seed))
+    assert len(parts) == fed.num_clients and all(parts), [len(p) for p in parts]
+    flat = [i for p in parts for i in p]
+    assert len(flat) == len(set(flat)) and set(flat) <= set(range(len(train_rows["task"])))
 
 
 def test_parse_override_uses_toml_values():

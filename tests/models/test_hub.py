@@ -6,6 +6,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from fedpeft.errors import ConfigError
 from fedpeft.models import BUNDLED_DIR, load_model, load_tokenizer, resolve_model_path, select_device
+from fedpeft.models.pretrain import collect_texts, heldout_perplexity, pack_blocks
 from fedpeft.registry import MODELS
 
 BUNDLED = ["tiny-small", "tiny-large"]
@@ -31,14 +32,38 @@ def test_family_shares_one_tokenizer_and_vocabulary():
     assert small(text)["input_ids"] == large(text)["input_ids"]
 
 
-def test_larger_model_is_bigger_and_has_lower_heldout_perplexity():
-    stats = {n: json.loads((BUNDLED_DIR / n / "pretrain_stats.json").read_text()) for n in BUNDLED}
-    small, large = (load_model(n) for n in BUNDLED)
-    n_small = sum(p.numel() for p in small.parameters())
-    n_large = sum(p.numel() for p in large.parameters())
-    assert n_small == stats["tiny-small"]["parameters"] and n_large == stats["tiny-large"]["parameters"]
-    assert 0.5e6 < n_small < 3e6 and 5e6 < n_large < 15e6
-    assert stats["tiny-large"]["heldout_perplexity"] < 0.9 * stats["tiny-small"]["heldout_perplexity"]
+# The model card's figures (docs/model_card.md, "Sizes and figures").
+CARD = {"tiny-small": (1_907_328, 252.8), "tiny-large": (8_545_536, 183.8)}
+HELDOUT_EVERY, BLOCK, N_HELDOUT = 50, 128, 32  # pretrain.main's defaults; 32 blocks = 4,096 held-out tokens
+
+
+def _first_heldout_blocks(data_dir):
+    """The first N_HELDOUT of the model card's 1,153 held-out blocks, built by pretrain's own code: the same documents
+    in the same order, packed into 128-token blocks, every 50th block held out. Block boundaries depend only on the
+    tokens before them, so packing a prefix of the documents gives a prefix of the full stream's blocks."""
+    docs = collect_texts(data_dir)
+    need = (N_HELDOUT - 1) * HELDOUT_EVERY + 1
+    k = 1024
+    while len(blocks := pack_blocks(docs[:k], BUNDLED_DIR / "tiny-small", BLOCK)) < need:
+        k *= 2
+    return blocks[torch.arange(len(blocks)) % HELDOUT_EVERY == 0][:N_HELDOUT]
+
+
+def test_larger_model_is_bigger_and_has_lower_heldout_perplexity(shared_data):
+    heldout = _first_heldout_blocks(shared_data)
+    assert heldout.shape == (N_HELDOUT, BLOCK)
+    ppl = {}
+    for name in BUNDLED:
+        model = load_model(name)
+        n_params = sum(p.numel() for p in model.parameters())
+        stats = json.loads((BUNDLED_DIR / name / "pretrain_stats.json").read_text())
+        assert n_params == CARD[name][0] == stats["parameters"], name
+        ppl[name] = heldout_perplexity(model, heldout, torch.device("cpu"))  # bf16 autocast, as the card measured
+    # Measured on this slice: 148.0 and 106.2 (ratio 0.717); the card's full held-out set: 252.8 and 183.8 (0.727).
+    # The slice (public-domain books, the start of the stream) is easier text than the average held-out block, so each
+    # model must beat its card figure; a model that was not pretrained scores in the thousands (uniform: 8,192).
+    assert ppl["tiny-small"] < CARD["tiny-small"][1] and ppl["tiny-large"] < CARD["tiny-large"][1], ppl
+    assert ppl["tiny-large"] < 0.8 * ppl["tiny-small"], ppl
 
 
 def test_bundled_model_predicts_text_better_than_chance():

@@ -4,7 +4,6 @@ acceptance test (same seeded FedAvg job on ``local`` and ``flower-sim`` gives th
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from fedpeft.runtime import run_federated
 from fedpeft.runtime.deploy.grid import DeployGrid
 from fedpeft.runtime.flower import client_app as flower_client_module
 from fedpeft.runtime.flower import config_text
+from fedpeft.runtime.flower import grid as grid_module
 from fedpeft.runtime.flower.grid import FlowerGrid
 from fedpeft.runtime.flower.records import (
     packet_to_records,
@@ -171,6 +171,31 @@ def test_config_text_round_trips(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------- FlowerGrid, no simulation engine
+class VirtualClock:
+    """Stands in for the ``time`` module of ``fedpeft.runtime.flower.grid`` (and so of DeployGrid): ``sleep``
+    advances a virtual clock instead of waiting. Timeouts keep acting, on a clock that only the grid's polling moves,
+    so the tests can say exactly how long a call waited without reading the wall clock of a busy machine."""
+
+    def __init__(self, limit: float = 120.0) -> None:
+        self.now, self.sleeps, self.limit = 0.0, 0, limit
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps += 1
+        self.now += seconds
+        if self.now > self.limit:  # a grid that ignores its timeout would otherwise poll forever
+            raise AssertionError(f"still waiting after {self.now:.1f} virtual seconds: the timeout is ignored")
+
+
+@pytest.fixture()
+def clock(monkeypatch: pytest.MonkeyPatch) -> VirtualClock:
+    fake = VirtualClock()
+    monkeypatch.setattr(grid_module, "time", fake)
+    return fake
+
+
 class InProcessGrid:
     """Flower's grid API served in this process: each message is handed to the real fedpeft Flower ClientApp with
     a per-node Context (what Flower's engine does in Ray workers); exceptions become error replies as in Flower.
@@ -186,7 +211,8 @@ class InProcessGrid:
         self.drop = set(drop)  # partitions whose replies never arrive (a timeout)
         self.offline: set[int] = set()  # node ids
         self.activated = {node: "t0" for node in self.contexts}
-        self.calls: list[list[int]] = []
+        self.calls: list[list[int]] = []  # node ids of each push
+        self.pulls: list[list[int]] = []  # node ids of the messages asked for by each pull
         self.received: list[tuple[int, str]] = []  # (node id, message type) of every message handled
         self._pending: dict[str, Message] = {}
 
@@ -220,6 +246,7 @@ class InProcessGrid:
 
     def pull_messages(self, message_ids: Iterable[str]) -> list[Message]:
         out = []
+        self.pulls.append([self._pending[mid].metadata.dst_node_id for mid in message_ids])
         for mid in list(message_ids):
             m = self._pending[mid]
             ctx = self.contexts[m.metadata.dst_node_id]
@@ -278,8 +305,9 @@ def test_flower_grid_matches_local_grid(in_process: Any) -> None:
         assert g.ok and w.msg is not None and g.msg is not None
         assert (g.bytes_up, g.bytes_down) == (w.bytes_up, w.bytes_down)
         assert g.msg.metrics["num_examples"] == w.msg.metrics["num_examples"]
+        assert g.msg.arrays.keys() == w.msg.arrays.keys()
         for k, v in w.msg.arrays.items():
-            torch.testing.assert_close(g.msg.arrays[k], v, atol=1e-6, rtol=0)
+            assert torch.equal(g.msg.arrays[k], v), (g.client_id, k)
     assert grid.ledger.per_round() == local.ledger.per_round() and grid.ledger.total() > 0
 
     # the error-feedback residuals live on the nodes, and checkpoints read them back in the local layout
@@ -287,7 +315,7 @@ def test_flower_grid_matches_local_grid(in_process: Any) -> None:
     assert set(saved["states"][0]) == set(want_states[0]) and any(k.startswith("ef/") for k in want_states[0])
     for cid, st in want_states.items():
         for k, v in st.items():
-            torch.testing.assert_close(saved["states"][cid][k], v, atol=1e-6, rtol=0)
+            assert torch.equal(saved["states"][cid][k], v), (cid, k)
     fresh = FlowerGrid(InProcessGrid(3), cfg, text)  # type: ignore[arg-type]
     fresh.load_state_dict(saved)
     assert fresh.ledger.per_round() == grid.ledger.per_round()
@@ -321,7 +349,7 @@ def test_the_config_goes_to_each_node_once(in_process: Any) -> None:
 
 
 @pytest.mark.slow
-def test_flower_grid_failures_timeouts_and_waves(in_process: Any) -> None:
+def test_flower_grid_failures_timeouts_and_waves(in_process: Any, clock: VirtualClock) -> None:
     cfg, text, model, _, app = in_process
     from fedpeft.adapters import adapter_state
 
@@ -336,9 +364,12 @@ def test_flower_grid_failures_timeouts_and_waves(in_process: Any) -> None:
         (0, Msg("evaluate", state, {"round": 1, "limit": 4})),  # second message to client 0: a second wave
         (1, Msg("train", state, {"round": 1})),  # second wave too, and dropped: times out
     ]
-    t0 = time.monotonic()
+    fake.pulls.clear()
     replies = grid.send_and_receive(msgs, round=1, timeout=8.0)
-    assert 8.0 <= time.monotonic() - t0 < 30  # the whole call is bounded by the timeout
+    # wave 1 (nodes 2000, 1986) answers at the first pull, without waiting; wave 2 waits for the dropped reply of
+    # node 1993 until the deadline of the whole call (virtual seconds: 8 s of 0.1 s polls), then gives up on it
+    assert fake.pulls[0] == [2000, 1986] and all(1993 in p for p in fake.pulls[1:])
+    assert 8.0 <= clock.now < 8.0 + grid.poll_interval and len(fake.pulls) == 1 + clock.sleeps + 1
     assert [r.client_id for r in replies] == [0, 0, 1, 1, 2]
     assert replies[0].ok and replies[0].msg is not None and replies[0].msg.action == "train"
     assert replies[1].ok and replies[1].msg is not None and "num_examples" in replies[1].msg.metrics
@@ -359,7 +390,7 @@ def test_flower_grid_failures_timeouts_and_waves(in_process: Any) -> None:
 
 
 @pytest.mark.slow
-def test_flower_grid_dynamic_nodes_leave_and_rejoin(in_process: Any) -> None:
+def test_flower_grid_dynamic_nodes_leave_and_rejoin(in_process: Any, clock: VirtualClock) -> None:
     """Deployment mode: an offline node's client fails at once (no wait), a restarted node is greeted again and
     gets back its client state from the last checkpoint, and only its own."""
     cfg, text, model, _, _ = in_process
@@ -374,9 +405,10 @@ def test_flower_grid_dynamic_nodes_leave_and_rejoin(in_process: Any) -> None:
     assert all(any(k.startswith("ef/") for k in saved["states"][c]) for c in range(3))
 
     fake.offline.add(1993)  # client 1's node dies
-    t0 = time.monotonic()
+    fake.calls.clear()
     replies = grid.send_and_receive(train(2), round=2, timeout=30)
-    assert time.monotonic() - t0 < 10  # not the 30 s timeout: the node is known offline
+    # known offline: no message is pushed to its node and the call never waits (the virtual clock did not move)
+    assert [sorted(c) for c in fake.calls] == [[1986, 2000]] and (clock.now, clock.sleeps) == (0.0, 0)
     assert [r.ok for r in replies] == [True, False, True]
     assert replies[1].error == "client 1: its node 1993 is offline" and replies[1].bytes_up == 0
     during = grid.state_dict()  # a checkpoint while it is away keeps its last saved state
@@ -385,13 +417,26 @@ def test_flower_grid_dynamic_nodes_leave_and_rejoin(in_process: Any) -> None:
 
     fake.restart(1993)  # it comes back with an empty context.state
     fake.received.clear()
+    pushed: list[Message] = []
+    push = fake.push_messages
+    fake.push_messages = lambda msgs: push(pushed.extend(msgs) or msgs)  # type: ignore[method-assign]
     assert all(r.ok for r in grid.send_and_receive(train(3), round=3))
     to_node = [t for node, t in fake.received if node == 1993]
     assert to_node == ["query.fedpeft_hello", "query.fedpeft_state_set", "train"]  # greeted, restored, trained
     assert all(node == 1993 for node, t in fake.received if t != "train")  # the others got nothing extra
     restored = grid.state_dict()["states"][1]
     assert restored.keys() == saved["states"][1].keys()
-    assert not torch.equal(restored["ef/" + next(iter(state))], saved["states"][0]["ef/" + next(iter(state))])
+    # what node 1993 was given back is exactly client 1's checkpointed state (which is not client 0's)
+    (state_set,) = [m for m in pushed if m.metadata.message_type == "query.fedpeft_state_set"]
+    content = state_set.content
+    given = records_to_state(
+        content.array_records[flower_client_module.STATE_TENSORS],
+        content.config_records[flower_client_module.STATE_SCALARS],
+    )
+    own, other = saved["states"][1], saved["states"][0]
+    assert state_set.metadata.dst_node_id == 1993 and given.keys() == own.keys()
+    assert all(torch.equal(given[k], v) if isinstance(v, torch.Tensor) else given[k] == v for k, v in own.items())
+    assert any(not torch.equal(v, other[k]) for k, v in own.items() if k.startswith("ef/"))
 
 
 # ------------------------------------------------------------------------------------------------- acceptance
@@ -438,8 +483,8 @@ def test_flower_sim_reproduces_the_local_runtime(tmp_path: Path, setting: dict[s
     for name in files:
         want, got = load_file(local / name), load_file(flower / name)
         assert got.keys() == want.keys() and want
-        for key, value in want.items():
-            torch.testing.assert_close(got[key], value, atol=1e-5, rtol=0)
+        for key, value in want.items():  # bit-identical, not merely close
+            assert torch.equal(got[key], value), (name, key, (got[key] - value).abs().max().item())
 
     (s_local, e_local), (s_flower, e_flower) = _summary_and_events(local), _summary_and_events(flower)
     assert s_flower["runtime"] == "flower-sim" and s_local["runtime"] == "local"
