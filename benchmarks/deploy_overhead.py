@@ -27,7 +27,13 @@ The overheads are differences of a few tenths of a second between medians of ~1-
 load drifts; each setting therefore runs ``--repeats`` times, in alternating order (local, flower-sim, deploy, ...
 then the reverse), and its median is taken over the rounds of all its runs pooled.
 
-Run: ``python benchmarks/deploy_overhead.py [--rounds 8] [--steps 3] [--repeats 3]
+The latency workload runs ``--latency-rounds`` rounds (default 30: its rounds take a few tenths of a second and
+flower-sim's are quantised by the server's 0.1 s reply poll, so a median needs many of them); besides the pooled
+median each setting reports the quartiles of its rounds and the per-run medians, and each ratio is also computed
+per repeat (run i of every setting) to show its spread. No floor is applied: a runtime whose overhead is not
+positive has no ratio (None), and that is said.
+
+Run: ``python benchmarks/deploy_overhead.py [--rounds 8] [--latency-rounds 30] [--steps 3] [--repeats 3]
 [--out benchmarks/results/deploy_overhead.json]``
 """
 
@@ -43,6 +49,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from _machine import machine_info, save_result  # type: ignore[import-not-found]  # benchmarks/ is on sys.path
 from fedpeft.config import RunConfig, from_dict
 from fedpeft.runtime import run_federated
 
@@ -102,8 +109,11 @@ def pool(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """One setting's runs summarised: median over every run's rounds 2.. pooled, and the runs themselves."""
     rounds = [s for r in runs for s in r["round_seconds"][1:]]
     client_s = [s for r in runs for s in r["client_train_s"]]
+    q1, _, q3 = statistics.quantiles(rounds, n=4)
     return {
         "median_round_s": round(statistics.median(rounds), 3),
+        "quartiles_round_s": [round(q1, 3), round(q3, 3)],
+        "pooled_rounds": len(rounds),
         "run_medians_s": [round(statistics.median(r["round_seconds"][1:]), 3) for r in runs],
         "client_train_s_mean": round(statistics.mean(client_s), 3) if client_s else None,
         "startup_s": round(statistics.median(r["startup_s"] for r in runs), 2),
@@ -113,23 +123,38 @@ def pool(runs: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def overhead_ratio(deploy: float, sim: float) -> float | None:
+    """``deploy / sim`` overheads, None when flower-sim's overhead is not positive (no meaningful ratio)."""
+    return round(deploy / sim, 2) if sim > 0 else None
+
+
 def summarise(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Overheads against ``local`` and the deploy settings' ratios to flower-sim's overhead."""
+    """Overheads against ``local`` and the deploy settings' ratios to flower-sim's overhead (pooled, and per repeat:
+    run i of each setting, so the spread of the ratio shows)."""
     base = results["local"]["median_round_s"]
     for r in results.values():
         r["overhead_s"] = round(r["median_round_s"] - base, 3)
-    sim = results.get("flower-sim", {}).get("overhead_s")
-    ratios = {}
+    ratios: dict[str, Any] = {}
+    if "flower-sim" not in results:
+        return {"results": results, "ratios": ratios}
+    sim = results["flower-sim"]
     for name in ("deploy", "deploy-stock"):
-        if name in results and sim is not None:
-            # flower-sim can be faster than local (two workers in parallel): floor its overhead at 0.05 s per round
-            ratios[f"{name}_over_flower_sim"] = round(results[name]["overhead_s"] / max(sim, 0.05), 2)
+        if name not in results:
+            continue
+        ratios[f"{name}_over_flower_sim"] = overhead_ratio(results[name]["overhead_s"], sim["overhead_s"])
+        ratios[f"{name}_over_flower_sim_per_repeat"] = [
+            overhead_ratio(d - loc, s - loc)
+            for d, s, loc in zip(
+                results[name]["run_medians_s"], sim["run_medians_s"], results["local"]["run_medians_s"], strict=True
+            )
+        ]
     return {"results": results, "ratios": ratios}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=8, help="rounds of the compute workload")
+    parser.add_argument("--latency-rounds", type=int, default=30, help="rounds of the latency workload")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=3, help="runs per setting, in alternating order")
     parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS))
@@ -140,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("the overheads are measured against local: keep it in --settings")
 
     report: dict[str, Any] = {
-        "rounds": args.rounds,
+        "machine": machine_info(threads=2),
+        "rounds": {"compute": args.rounds, "latency": args.latency_rounds},
         "steps": args.steps,
         "repeats": args.repeats,
         "clients": 3,
@@ -149,11 +175,12 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="fpdo-") as tmp:
         for workload in args.workloads:
             runs: dict[str, list[dict[str, Any]]] = {name: [] for name in args.settings}
+            rounds = args.latency_rounds if workload == "latency" else args.rounds
             for rep in range(args.repeats):
                 for name in args.settings if rep % 2 == 0 else args.settings[::-1]:
                     tag = f"[{workload} {name} #{rep + 1}]"
-                    print(f"{tag} running {args.rounds} rounds ...", flush=True)
-                    run = measure(name, workload, args.rounds, args.steps, Path(tmp) / f"{workload}-{name}-{rep}")
+                    print(f"{tag} running {rounds} rounds ...", flush=True)
+                    run = measure(name, workload, rounds, args.steps, Path(tmp) / f"{workload}-{name}-{rep}")
                     runs[name].append(run)
                     print(f"{tag} median round {statistics.median(run['round_seconds'][1:]):.3f} s, "
                           f"start-up {run['startup_s']:.1f} s", flush=True)  # fmt: skip
@@ -165,8 +192,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{r['run_medians_s']}")  # fmt: skip
         for key, value in report[workload]["ratios"].items():
             print(f"{workload}: {key}: {value}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    save_result(args.out, report)
     print(args.out)
     return 0
 

@@ -294,13 +294,14 @@ class FederationConfig:
     lr_decay: str = "constant"  # client learning rate across rounds: constant, linear or cosine decay to 0
     runtime: str = "local"
     save_adapters_every: int = 1  # write adapters/round_NNNN every N rounds (0 = only the final adapter)
+    sim_workers: int = 0  # flower-sim: Ray workers (one torch thread each) training clients at once; 0 = one per CPU
 
     def __post_init__(self) -> None:
         for name in ("rounds", "num_clients", "eval_every", "client_eval_limit"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"federation.{name}", value, "an integer >= 1")
-        for name in ("client_eval_every", "save_adapters_every"):
+        for name in ("client_eval_every", "save_adapters_every", "sim_workers"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ConfigError(f"federation.{name}", value, "an integer >= 0")

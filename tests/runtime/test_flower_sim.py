@@ -498,3 +498,17 @@ def test_flower_sim_reproduces_the_local_runtime(tmp_path: Path, setting: dict[s
     assert count(e_flower, "failure") == count(e_local, "failure") == 0
     rounds = [(e["bytes_up"], e["bytes_down"]) for e in e_flower if e["event"] == "round"]
     assert rounds == [(e["bytes_up"], e["bytes_down"]) for e in e_local if e["event"] == "round"]
+
+
+def test_sim_workers_sets_the_number_of_ray_workers() -> None:
+    import os
+
+    from fedpeft.config import FederationConfig
+    from fedpeft.errors import ConfigError
+    from fedpeft.runtime.flower import _flower_environment, _ray_cpus
+
+    assert (_ray_cpus(1), _ray_cpus(3), _ray_cpus(0)) == (1, 3, os.cpu_count() or 1)
+    with _flower_environment(quiet=True, workers=1) as backend:
+        assert backend["init_args"]["num_cpus"] == 1 and backend["client_resources"]["num_cpus"] == 1
+    with pytest.raises(ConfigError, match="sim_workers"):
+        FederationConfig(sim_workers=-1)

@@ -68,12 +68,13 @@ class _NoRunSimulationDeprecation(logging.Filter):
         return "`run_simulation` function is deprecated" not in record.getMessage()
 
 
-def _ray_cpus() -> int:
-    return max(1, os.cpu_count() or 1)
+def _ray_cpus(workers: int = 0) -> int:
+    """Ray's CPU count = the number of client workers (each actor takes one CPU): ``workers``, or one per CPU."""
+    return workers if workers > 0 else max(1, os.cpu_count() or 1)
 
 
 @contextlib.contextmanager
-def _flower_environment(quiet: bool) -> Iterator[dict[str, Any]]:
+def _flower_environment(quiet: bool, workers: int = 0) -> Iterator[dict[str, Any]]:
     """Environment defaults, Flower's logger, and a private Ray temp dir for one simulation; yields the backend
     config for ``run_simulation`` and undoes every process-wide change on exit."""
     for key, value in _ENV_DEFAULTS.items():
@@ -94,7 +95,7 @@ def _flower_environment(quiet: bool) -> Iterator[dict[str, Any]]:
             # one CPU per client: as many Ray workers as CPUs (Flower's default of 2 CPUs would halve them)
             "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
             "init_args": {
-                "num_cpus": _ray_cpus(),
+                "num_cpus": _ray_cpus(workers),
                 "logging_level": "ERROR" if quiet else "WARNING",
                 "log_to_driver": not quiet,  # worker prints ("(ClientAppActor pid=...)" lines)
                 "_temp_dir": ray_tmp,
@@ -148,7 +149,7 @@ def run_flower_sim(session: Session) -> None:
             outcome["error"] = exc
             raise
 
-    with _flower_environment(session.quiet) as backend_config:
+    with _flower_environment(session.quiet, cfg.federation.sim_workers) as backend_config:
         try:
             run_simulation(
                 server_app=server_app,
