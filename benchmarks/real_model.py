@@ -108,6 +108,7 @@ def worker(setting: str, seed: int, overrides: list[str], base_unseen: bool, out
     start = time.perf_counter()
     run = Path(run_federated(cfg, quiet=True).path)
     train_wall = time.perf_counter() - start
+    peak_run = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # MiB: the federated run alone
     evals = {e["round"]: e for e in events(run, "eval")}
     rounds = events(run, "round")
     clients = events(run, "client_train")
@@ -130,6 +131,8 @@ def worker(setting: str, seed: int, overrides: list[str], base_unseen: bool, out
         if base_unseen:
             row["unseen_before"] = unseen_scores(cfg, None)
         row["unseen_eval_s"] = round(time.perf_counter() - t, 1)
+    row["peak_rss_run_mib"] = peak_run
+    # the whole worker, incl. the held-out-task evaluation after the run (NI: two more model loads)
     row["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     atomic_write_text(out, json.dumps(row, indent=1))
 
@@ -149,6 +152,7 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "seconds_per_round": over_seeds([r["seconds_per_round"] for r in rows]),
         "seconds_per_client_step": over_seeds([r["seconds_per_client_step"] for r in rows]),
         "peak_rss_mib": max(r["peak_rss_mib"] for r in rows),
+        "peak_rss_run_mib": max((r["peak_rss_run_mib"] for r in rows if "peak_rss_run_mib" in r), default=None),
     }
     out["before_identical_across_seeds"] = all(r["before"] == rows[0]["before"] for r in rows)
     if "unseen_after" in rows[0]:
