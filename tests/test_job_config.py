@@ -180,3 +180,24 @@ def test_own_data_recipe_ships_its_example_file():
     raw = raw_splits(cfg, get_dataset(cfg.data.dataset))
     assert raw.note["tasks"] == ["addition", "antonyms", "capitals", "plurals", "sentiment"]
     assert (raw.note["train_examples"], raw.note["eval_examples"]) == (30, 10)
+
+
+def test_the_job_seed_drives_data_order_and_adapter_init_unless_they_are_set():
+    """`--set seed=S` must change a centralized run (it did not while train.seed and init_seed defaulted to 0)."""
+    import torch
+
+    from fedpeft.adapters import adapter_state, attach_adapter
+    from fedpeft.models import load_model
+
+    cfg = load_config(JobConfig, None, ["seed=3"])
+    assert (cfg.train.seed, cfg.adapter.init_seed) == (3, 3)
+    cfg = load_config(JobConfig, None, ["seed=3", "train.seed=7", "adapter.init_seed=0"])
+    assert (cfg.train.seed, cfg.adapter.init_seed) == (7, 0)
+    resolved = to_dict(load_config(JobConfig, None, ["seed=3"]))  # what config.toml of the run holds
+    assert (resolved["train"]["seed"], resolved["adapter"]["init_seed"]) == (3, 3)
+    with pytest.raises(ConfigError, match="seed"):
+        load_config(JobConfig, None, ["seed=-1"])
+    inits = [adapter_state(attach_adapter(load_model("tiny-small"), JobConfig(seed=s).adapter)) for s in (0, 1, 0)]
+    a_keys = [k for k in inits[0] if "lora_A" in k]
+    assert a_keys and all(torch.equal(inits[0][k], inits[2][k]) for k in a_keys)
+    assert not any(torch.equal(inits[0][k], inits[1][k]) for k in a_keys)

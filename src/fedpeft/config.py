@@ -38,6 +38,7 @@ class TrainConfig:
     ``steps`` counts optimizer updates; each update sees ``batch_size * grad_accum`` examples.
     ``balanced_sampling`` draws examples with probability inversely proportional to their label's frequency, which
     counters label skew on a client without sharing anything (ALGORITHMS.md §1, heterogeneity).
+    ``seed`` seeds the data order; None (the default) = the job's ``seed`` in a job, 0 on its own.
     """
 
     steps: int = 100
@@ -52,9 +53,11 @@ class TrainConfig:
     loss: str = "lm"  # a registered loss: "lm", "label_words" (fedpeft.registry.LOSSES)
     precision: Precision = "auto"
     balanced_sampling: bool = False
-    seed: int = 0
+    seed: int | None = None
 
     def __post_init__(self) -> None:
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0):
+            raise ConfigError("train.seed", self.seed, "an integer >= 0, or omitted (the job's seed)")
         for name in ("steps", "batch_size", "grad_accum"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name}", getattr(self, name), "an integer >= 1")
@@ -239,7 +242,12 @@ class EvalConfig:
 
 @dataclass
 class JobConfig:
-    """A centralized fine-tuning job (the federated job extends this)."""
+    """A centralized fine-tuning job (the federated job extends this).
+
+    ``seed`` is the job's one seed: the data order (``train.seed``) and the adapter's initialisation
+    (``adapter.init_seed``) follow it unless they are set themselves, and a federated job derives its partition,
+    client sampling and local batches from it. The saved config.toml holds the resolved values.
+    """
 
     name: str = "job"
     seed: int = 0
@@ -251,6 +259,12 @@ class JobConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self) -> None:
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ConfigError("seed", self.seed, "an integer >= 0")
+        if self.train.seed is None:
+            self.train.seed = self.seed
+        if self.adapter.init_seed is None:
+            self.adapter.init_seed = self.seed
         # The adapter method is checked against the registry here, so a typo fails before any model is loaded.
         try:
             self.adapter.validate()

@@ -73,7 +73,7 @@ def _events(run: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-def _same_adapters(a: Path, b: Path, atol: float = 1e-5) -> None:
+def _same_adapters(a: Path, b: Path, atol: float = 0.0) -> None:
     want, got = (load_file(p / "adapter" / "adapter_model.safetensors") for p in (a, b))
     assert want.keys() == got.keys() and want
     for key, value in want.items():

@@ -71,7 +71,8 @@ class AdapterConfig:
         classification head.
     init_seed
         Seed of every random adapter initialisation (and of VeRA's shared projections). The global RNG is left as it
-        was. Clients that share a config therefore start from identical adapters.
+        was. Clients that share a config therefore start from identical adapters. None (the default) = the job's
+        ``seed`` in a job config, 0 on its own (:attr:`seed`).
     options
         Extra keyword arguments forwarded to the peft config (e.g. ``{"init_lora_weights": "gaussian"}``), or
         method-specific options of the fedpeft-native methods (``{"activation": "gelu"}`` for bottleneck).
@@ -86,8 +87,13 @@ class AdapterConfig:
     bottleneck_size: int = 16
     last_k: int = 1
     module_names: list[str] = field(default_factory=list)
-    init_seed: int = 0
+    init_seed: int | None = None
     options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def seed(self) -> int:
+        """The initialisation seed in use: ``init_seed``, or 0 when it was left unset outside a job."""
+        return 0 if self.init_seed is None else self.init_seed
 
     def __post_init__(self) -> None:
         if not isinstance(self.method, str) or not self.method:
@@ -116,8 +122,8 @@ class AdapterConfig:
                 re.compile(pattern)
             except re.error as exc:
                 raise ConfigError("module_names", pattern, f"a valid regular expression ({exc})") from None
-        if not _is_int(self.init_seed) or not 0 <= self.init_seed < 2**63:
-            raise ConfigError("init_seed", self.init_seed, "an int in [0, 2**63)")
+        if self.init_seed is not None and (not _is_int(self.init_seed) or not 0 <= self.init_seed < 2**63):
+            raise ConfigError("init_seed", self.init_seed, "an int in [0, 2**63), or omitted (the job's seed)")
         if not isinstance(self.options, Mapping) or not all(isinstance(k, str) for k in self.options):
             raise ConfigError("options", self.options, "a table (dict) with string keys")
         self.options = dict(self.options)
@@ -264,7 +270,7 @@ class PeftMethod(abc.ABC):
         self.validate(cfg)
         _reject_adapted(model, self.name)
         model.requires_grad_(False)
-        with seeded_init(cfg.init_seed):
+        with seeded_init(cfg.seed):
             out = self._apply(model, cfg)
         if not any(True for _ in trainable_parameters(out)):
             raise UnsupportedModelError(f"{self.name}: no trainable parameters were selected on {type(model).__name__}")

@@ -94,7 +94,7 @@ class Bottleneck(PeftMethod):
         hidden = getattr(getattr(model, "config", None), "hidden_size", None)
         if not isinstance(hidden, int):
             raise UnsupportedModelError(f"{self.name}: {type(model).__name__} has no config.hidden_size")
-        generator = torch.Generator().manual_seed(cfg.init_seed)
+        generator = torch.Generator().manual_seed(cfg.seed)
         for mlp in mlps:
             ref = next(mlp.parameters(), None)
             adapter = BottleneckAdapter(

@@ -68,7 +68,7 @@ class VeRA(PeftBackedMethod):
     family: ClassVar[Family] = "reparameterized"
     description: ClassVar[str] = "VeRA: shared frozen random projections (from init_seed), trainable scaling vectors"
     config_cls = VeraConfig
-    typed_kwargs: ClassVar[dict[str, str]] = {"r": "r", "vera_dropout": "dropout", "projection_prng_key": "init_seed"}
+    typed_kwargs: ClassVar[dict[str, str]] = {"r": "r", "vera_dropout": "dropout", "projection_prng_key": "seed"}
 
 
 class LoHa(PeftBackedMethod):

@@ -102,7 +102,7 @@ def train(
     extra_loss:
         Added to the task loss every micro-batch, e.g. FedProx's proximal term ``mu/2 * ||w - w_global||^2``.
     generator:
-        Data-order generator; defaults to one seeded with ``cfg.seed`` (never the global RNG).
+        Data-order generator; defaults to one seeded with ``cfg.seed`` (0 when None; never the global RNG).
     on_step:
         Called with (step, loss) after each optimizer step, for progress display.
     loss_fn:
@@ -124,7 +124,7 @@ def train(
         raise ConfigError("train.grad_accum", cfg.grad_accum, f"the trainer's grad_accum ({trainer.cfg.grad_accum})")
     task_loss = loss_fn if loss_fn is not None else trainer.loss
     loss = task_loss if extra_loss is None else _plus(task_loss, extra_loss)
-    gen = generator if generator is not None else torch.Generator().manual_seed(cfg.seed)
+    gen = generator if generator is not None else torch.Generator().manual_seed(cfg.seed or 0)
 
     micro = cfg.steps * cfg.grad_accum
     order = sample_indices(
