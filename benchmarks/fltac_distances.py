@@ -34,7 +34,24 @@ from fltac import set_key
 ROOT = Path(__file__).resolve().parents[1]
 SPACES = {"flat": ("flat", False), "flat, unit length": ("flat", True), "product": ("product", False)}
 SPACES["tokens"] = ("tokens", False)  # unit length by definition
+# Variants of the token profile (investigation of issue 17: why 'tokens' separates at 5 local steps and not 10):
+# which tokens an adapter moved at all (presence), sqrt-damped counts, and the profile restricted to the tokens
+# that at least a quarter of the round's adapters moved (drops client-specific content words, keeps each task's
+# template words).
+VARIANTS = ("tokens, presence", "tokens, sqrt", "tokens, shared vocabulary")
 ROUNDS: list[dict[str, Any]] = []
+
+
+def token_variant(x: torch.Tensor, name: str) -> torch.Tensor:
+    """``x`` [n, V]: the round's unit token profiles -> the variant's rows, unit length."""
+    if name == "tokens, presence":
+        y = (x > 0).double()
+    elif name == "tokens, sqrt":
+        y = x.sqrt()
+    else:
+        shared = (x > 0).double().mean(0) >= 0.25  # [V]
+        y = x * shared
+    return y / y.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
 
 @register_algorithm("fltac_distances")
@@ -51,11 +68,21 @@ class Recording(FLTAC):
             if unit:
                 x = x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
             labels, _ = cluster.kmeans(x, self.num_clusters, seed=seed, n_init=self.opts.n_init)
-            row["spaces"][name] = {"ari": cluster.adjusted_rand(labels, truth), "purity": cluster.purity(labels, truth)}
+            row["spaces"][name] = score(labels, truth)
+            if space == "tokens":
+                for variant in VARIANTS:
+                    labels, _ = cluster.kmeans(token_variant(x, variant), self.num_clusters, seed=seed, n_init=10)
+                    row["spaces"][variant] = score(labels, truth)
         row["cosine"] = task_cosines(updates, truth, self.task_names)
         ROUNDS.append(row)
         print(json.dumps({"round": rnd, **{k: round(v["ari"], 3) for k, v in row["spaces"].items()}}), flush=True)
         return super().recluster(rnd, members, states, updates)
+
+
+def score(labels: list[int], truth: list[int]) -> dict[str, Any]:
+    """ARI and purity against the true tasks, and the cluster sizes (largest first)."""
+    sizes = sorted((labels.count(c) for c in set(labels)), reverse=True)
+    return {"ari": cluster.adjusted_rand(labels, truth), "purity": cluster.purity(labels, truth), "sizes": sizes}
 
 
 def task_cosines(updates: list[State], truth: list[int], names: list[str]) -> dict[str, float]:
