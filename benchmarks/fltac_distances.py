@@ -17,8 +17,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import tomllib
 import torch
+from sklearn.cluster import KMeans
 
 from _machine import machine_info
 from fedpeft.algorithms.aggregation import State
@@ -73,6 +75,15 @@ class Recording(FLTAC):
                 for variant in VARIANTS:
                     labels, _ = cluster.kmeans(token_variant(x, variant), self.num_clusters, seed=seed, n_init=10)
                     row["spaces"][variant] = score(labels, truth)
+                # k-means weighted by each adapter's example count (the cluster means are weighted the same way):
+                # an adapter trained on a handful of examples cannot claim a centroid of its own
+                weights = np.array([self.counts[m] for m in members])
+                for name_w, xw in (("tokens, example-weighted", x), ("flat, example-weighted", None)):
+                    if xw is None:
+                        xw = torch.stack([cluster.adapter_vector(s, "flat") for s in points])
+                    km = KMeans(n_clusters=self.num_clusters, n_init=10, random_state=seed % 2**32)
+                    labels = [int(v) for v in km.fit(xw.numpy(), sample_weight=weights).labels_]
+                    row["spaces"][name_w] = score(labels, truth)
         row["cosine"] = task_cosines(updates, truth, self.task_names)
         ROUNDS.append(row)
         print(json.dumps({"round": rnd, **{k: round(v["ari"], 3) for k, v in row["spaces"].items()}}), flush=True)
