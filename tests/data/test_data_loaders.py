@@ -52,6 +52,7 @@ def test_test_splits_are_held_out_from_training(shared_data: Path) -> None:
     assert (len(D.load_rte("train", shared_data)), len(D.load_rte("test", shared_data))) == (2241, 249)
     train, test = D.load_qnli("train", shared_data), D.load_qnli("test", shared_data)
     assert (len(train), len(test)) == (9482, 993)
+
     def question(rows: Any) -> set[str]:
         return {x.split("\nSentence: ")[0] for x in rows["input"]}
 

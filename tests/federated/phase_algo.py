@@ -96,4 +96,3 @@ if "test_phases" not in ALGORITHMS:
             replies = grid.send_and_receive(msgs, round=self.cfg.federation.rounds)
             check = replies[1].msg.metrics if replies[1].msg is not None else {}
             return {"clients": len(replies), **{f"split_{k}": v for k, v in check.items()}}
-

@@ -77,9 +77,7 @@ class ByteLedger:
         self.transfers.append(t)
         return t
 
-    def record_kinds(
-        self, round: int, client_id: str | int, direction: str, by_kind: dict[str, int]
-    ) -> None:
+    def record_kinds(self, round: int, client_id: str | int, direction: str, by_kind: dict[str, int]) -> None:
         """One transfer per payload kind of one message (``WireState.nbytes_by_kind``); an empty message records
         a zero-byte adapter transfer, so every message is seen."""
         for kind, nbytes in (by_kind or {"adapter": 0}).items():

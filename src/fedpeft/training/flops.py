@@ -27,6 +27,7 @@ from typing import Any
 
 __all__ = ["FlopMeter", "FlopModel", "add_flops", "flop_meter"]
 
+
 @dataclass
 class FlopMeter:
     """FLOPs counted while the meter is active."""

@@ -36,6 +36,7 @@ __all__ = [
     "train",
 ]
 
+
 @dataclass
 class TrainResult:
     """What one call of :func:`train` did."""

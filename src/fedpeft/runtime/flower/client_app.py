@@ -82,6 +82,7 @@ RUN_CONFIG = "fedpeft_run_config"
 #: ErrorCode.CLIENT_APP_RAISED_EXCEPTION (flwr.common.constant); the code Flower itself uses for a raising handler
 CLIENT_EXCEPTION_CODE = 2
 
+
 @dataclass
 class _Worker:
     """What one worker process builds once per run: the config, the model (adapter attached) and the clients' data
