@@ -28,7 +28,6 @@ import json
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -110,7 +109,10 @@ def main() -> None:
                 runs[name].append((per_round, wall))
                 print(f"[{rep}] {name}: wall {wall:.1f} s, rounds {[round(s, 3) for s in per_round]}", flush=True)
     res = {name: summarize(r) for name, r in runs.items()}
-    ratio: Callable[[str, str], float] = lambda a, b: res[a]["median_round_s"] / res[b]["median_round_s"]  # noqa: E731
+
+    def ratio(a: str, b: str) -> float:
+        return res[a]["median_round_s"] / res[b]["median_round_s"]
+
     out = {
         "benchmark": "flower_sim_overhead",
         "machine": info,

@@ -39,22 +39,11 @@ from _machine import machine_info, save_result
 from fedpeft.config import JobConfig, RunConfig, from_dict, parse_override
 from fedpeft.fileio import atomic_write_text
 from fedpeft.reports.stats import spread
+from fltac import events, set_key  # benchmarks/ is on sys.path
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = {"ni": ROOT / "recipes" / "fedit_ni_smollm2.toml", "dolly": ROOT / "recipes" / "fedit_dolly_smollm2.toml"}
 UNSEEN_PER_TASK = 20  # first instances of each held-out NI task scored after the run
-
-
-def events(run: Path, kind: str) -> list[dict[str, Any]]:
-    return [e for e in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if e["event"] == kind]
-
-
-def set_key(raw: dict[str, Any], dotted: str, value: Any) -> None:
-    *tables, key = dotted.split(".")
-    node = raw
-    for t in tables:
-        node = node.setdefault(t, {})
-    node[key] = value
 
 
 def rouge_by_task(metrics: dict[str, Any]) -> dict[str, float]:
@@ -62,8 +51,9 @@ def rouge_by_task(metrics: dict[str, Any]) -> dict[str, float]:
     return {k.removeprefix("rouge_l_"): v for k, v in metrics.items() if k.startswith("rouge_l_")}
 
 
-def unseen_scores(cfg: RunConfig, adapter: Path | None) -> dict[str, Any]:
-    """Rouge-L on Natural Instructions' held-out tasks of the untuned model (``adapter`` None) or with ``adapter``."""
+def unseen_scores(cfg: RunConfig, adapter: Path, base_too: bool) -> dict[str, Any]:
+    """Rouge-L on Natural Instructions' held-out tasks with the run's ``adapter`` (``"after"``) and, with
+    ``base_too``, of the untuned model first (``"before"``): one model load and one encoding for both."""
     from fedpeft.adapters import load_saved_adapter
     from fedpeft.models import load_model, load_tokenizer
     from fedpeft.training.centralized import evaluate_task, prepare_task
@@ -83,13 +73,17 @@ def unseen_scores(cfg: RunConfig, adapter: Path | None) -> dict[str, Any]:
             },
         },
     )
-    tokenizer = load_tokenizer(cfg.model.name)
+    task = prepare_task(job, load_tokenizer(cfg.model.name))
     model = load_model(cfg.model.name)
-    if adapter is not None:
-        model = load_saved_adapter(model, adapter)
-    task = prepare_task(job, tokenizer)
-    metrics = evaluate_task(model, task, cfg.eval.batch_size, cfg.eval.max_new_tokens)
-    return {"rouge_l": metrics["rouge_l"], "by_task": rouge_by_task(metrics), "examples": len(task.eval)}
+
+    def score() -> dict[str, Any]:
+        metrics = evaluate_task(model, task, cfg.eval.batch_size, cfg.eval.max_new_tokens)
+        return {"rouge_l": metrics["rouge_l"], "by_task": rouge_by_task(metrics), "examples": len(task.eval)}
+
+    out = {"before": score()} if base_too else {}
+    model = load_saved_adapter(model, adapter)
+    out["after"] = score()
+    return out
 
 
 def worker(setting: str, seed: int, overrides: list[str], base_unseen: bool, out: Path, output_dir: str) -> None:
@@ -127,12 +121,13 @@ def worker(setting: str, seed: int, overrides: list[str], base_unseen: bool, out
     }
     if setting == "ni":
         t = time.perf_counter()
-        row["unseen_after"] = unseen_scores(cfg, run / "adapter")
+        scores = unseen_scores(cfg, run / "adapter", base_too=base_unseen)
+        row["unseen_after"] = scores["after"]
         if base_unseen:
-            row["unseen_before"] = unseen_scores(cfg, None)
+            row["unseen_before"] = scores["before"]
         row["unseen_eval_s"] = round(time.perf_counter() - t, 1)
     row["peak_rss_run_mib"] = peak_run
-    # the whole worker, incl. the held-out-task evaluation after the run (NI: two more model loads)
+    # the whole worker, incl. the held-out-task evaluation after the run (NI: one more model load)
     row["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     atomic_write_text(out, json.dumps(row, indent=1))
 
