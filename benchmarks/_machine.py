@@ -24,6 +24,8 @@ def machine_info(threads: int) -> dict[str, Any]:
         pass
     return {
         "command": shlex.join([sys.executable, *sys.argv]),
+        # thread limits set in the environment (they bind the subprocesses a benchmark starts, too)
+        "env": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS") if k in os.environ},
         "python": platform.python_version(),
         "torch": torch.__version__,
         "torch_threads": threads,

@@ -42,6 +42,7 @@ SPACES["tokens"] = ("tokens", False)  # unit length by definition
 # template words).
 VARIANTS = ("tokens, presence", "tokens, sqrt", "tokens, shared vocabulary")
 ROUNDS: list[dict[str, Any]] = []
+DUMP: Path | None = None  # --dump: where the rounds' token profiles go (.npz per round)
 
 
 def token_variant(x: torch.Tensor, name: str) -> torch.Tensor:
@@ -85,6 +86,39 @@ class Recording(FLTAC):
                     labels = [int(v) for v in km.fit(xw.numpy(), sample_weight=weights).labels_]
                     row["spaces"][name_w] = score(labels, truth)
         row["cosine"] = task_cosines(updates, truth, self.task_names)
+        profiles = torch.stack([cluster.adapter_vector(s, "tokens") for s in points])  # [n, V], unit rows
+        row["cosine_tokens"] = task_cosines(updates, truth, self.task_names, x=profiles)
+        # per adapter: who it is, how much data it had, how far its update moved, and the clusters each space gave
+        # it (to see which adapters merge or stand alone)
+        flat = torch.stack([cluster.adapter_vector(u, "flat") for u in updates])
+        labels_by_space = {
+            name: cluster.kmeans(
+                profiles if space == "tokens" else torch.stack([cluster.adapter_vector(s, space) for s in points]),
+                self.num_clusters,
+                seed=seed,
+                n_init=self.opts.n_init,
+            )[0]
+            for name, (space, _) in SPACES.items()
+            if name in ("flat", "tokens")
+        }
+        if DUMP is not None:  # the round's profiles, to try other token weightings offline
+            np.savez_compressed(
+                DUMP.with_name(f"{DUMP.stem}_round{rnd}.npz"),
+                profiles=profiles.numpy(),
+                truth=np.array(truth),
+                counts=np.array([self.counts[m] for m in members]),
+            )
+        row["per_adapter"] = [
+            {
+                "member": m,
+                "task": self.task_names[truth[i]],
+                "examples": self.counts[m],
+                "update_norm": float(flat[i].norm()),
+                "tokens_moved": int((profiles[i] > 0).sum()),
+                **{f"cluster_{k}": v[i] for k, v in labels_by_space.items()},
+            }
+            for i, m in enumerate(members)
+        ]
         ROUNDS.append(row)
         print(json.dumps({"round": rnd, **{k: round(v["ari"], 3) for k, v in row["spaces"].items()}}), flush=True)
         return super().recluster(rnd, members, states, updates)
@@ -96,9 +130,13 @@ def score(labels: list[int], truth: list[int]) -> dict[str, Any]:
     return {"ari": cluster.adjusted_rand(labels, truth), "purity": cluster.purity(labels, truth), "sizes": sizes}
 
 
-def task_cosines(updates: list[State], truth: list[int], names: list[str]) -> dict[str, float]:
-    """Mean cosine similarity of the flattened updates for every pair of tasks (within a task: distinct pairs)."""
-    x = torch.stack([cluster.adapter_vector(u, "flat") for u in updates])
+def task_cosines(
+    updates: list[State], truth: list[int], names: list[str], x: torch.Tensor | None = None
+) -> dict[str, float]:
+    """Mean cosine similarity of the flattened updates (or of the rows of ``x`` [n, D]) for every pair of tasks
+    (within a task: distinct pairs)."""
+    if x is None:
+        x = torch.stack([cluster.adapter_vector(u, "flat") for u in updates])
     x = x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
     sim = x @ x.T  # [n, n]
     t = torch.tensor(truth)
@@ -124,8 +162,11 @@ def main() -> None:
     ap.add_argument("--output-dir", default=str(ROOT / "runs" / "bench"))
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "fltac_distances.json")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe field")
+    ap.add_argument("--dump", type=Path, default=None, help="save each round's token profiles (PREFIX_roundN.npz)")
     args = ap.parse_args()
     torch.set_num_threads(2)
+    global DUMP
+    DUMP = args.dump
 
     raw = tomllib.loads(args.recipe.read_text())
     raw.update(output_dir=args.output_dir, name=f"distances-{raw['name']}")

@@ -2,6 +2,9 @@
 
     python benchmarks/seeds.py --recipes recipes/demo.toml recipes/sst2_lora_tiny_small.toml --seeds 0 1 2 \
         --out benchmarks/results/demo_seeds.json [--set key=value ...]
+    python benchmarks/seeds.py --recipes recipes/demo.toml recipes/demo.toml::comm.up=int8::comm.down=int8 ...
+
+A ``RECIPE::key=value::...`` entry is a variant of a recipe (its own overrides after the global ``--set``).
 
 Each (recipe, seed) is ``fedpeft run RECIPE --set seed=S`` (or ``fedpeft finetune`` for a centralized recipe) in
 a fresh process; its wall time is the whole command's (start-up included). Recorded per seed: every evaluation
@@ -33,6 +36,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def is_federated(recipe: dict[str, Any]) -> bool:
     return "federation" in recipe
+
+
+def split_variant(spec: str) -> tuple[Path, list[str]]:
+    """``RECIPE`` or ``RECIPE::key=value::key=value`` (a variant of a recipe) -> (recipe path, its overrides)."""
+    path, *overrides = spec.split("::")
+    for item in overrides:
+        if "=" not in item:
+            raise SystemExit(f"--recipes {spec!r}: {item!r} is not key=value")
+    return Path(path).resolve(), overrides
 
 
 def run_one(recipe: Path, seed: int, overrides: list[str], output_dir: str) -> dict[str, Any]:
@@ -92,7 +104,7 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--recipes", nargs="+", type=Path, required=True)
+    ap.add_argument("--recipes", nargs="+", required=True, help="RECIPE or RECIPE::key=value::... (a variant)")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every recipe")
     ap.add_argument("--output-dir", default=str(ROOT / "runs" / "bench"))
@@ -103,15 +115,17 @@ def main() -> None:
 
     result: dict[str, Any] = {"machine": machine_info(threads=2), "seeds": args.seeds, "overrides": args.set}
     result["recipes"] = {}
-    for recipe in args.recipes:
+    variants = [split_variant(spec) for spec in args.recipes]  # every spec checked before the first run
+    for spec, (recipe, overrides) in zip(args.recipes, variants, strict=True):
         rows = []
         for seed in args.seeds:
-            rows.append(run_one(recipe.resolve(), seed, args.set, args.output_dir))
+            rows.append(run_one(recipe, seed, [*args.set, *overrides], args.output_dir))
             r = rows[-1]
-            print(f"{recipe.name} seed {seed}: {r['final']} in {r['wall_s']} s", flush=True)
-        result["recipes"][str(recipe)] = {"summary": summarize(rows), "rows": rows}
-        print(f"{recipe.name}: {result['recipes'][str(recipe)]['summary']['final_text']}", flush=True)
-    first, *others = [str(r) for r in args.recipes]
+            print(f"{spec} seed {seed}: {r['final']} in {r['wall_s']} s", flush=True)
+        result["recipes"][spec] = {"summary": summarize(rows), "rows": rows}
+        print(f"{spec}: {result['recipes'][spec]['summary']['final_text']}", flush=True)
+        save_result(args.out, result)  # progress kept if a later recipe fails
+    first, *others = args.recipes
     for other in others:
         a, b = (result["recipes"][k] for k in (other, first))
         metric = a["summary"]["metric"]

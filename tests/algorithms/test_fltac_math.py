@@ -108,6 +108,26 @@ def test_kmeans_recovers_separated_blobs_and_is_seeded():
     assert cluster.kmeans(x, 3, seed=7) == (labels, inertia)
 
 
+def test_kmeans_fitted_on_the_reliable_rows_is_not_captured_by_an_outlier():
+    # two nearby tasks, a third far away, and one adapter of the third trained on a handful of examples far from
+    # everything: fitted on all rows, k-means spends a centroid on the outlier and merges the two nearby tasks
+    x = torch.cat([blobs([[0, 0], [1.5, 0], [0, 8]], per=6, noise=0.3), torch.tensor([[6.0, 14.0]])])
+    truth = [0] * 6 + [1] * 6 + [2] * 7
+    plain, _ = cluster.kmeans(x, 3, seed=0)
+    assert cluster.adjusted_rand(plain, truth) < 0.7
+    fit = [True] * 18 + [False]
+    labels, inertia = cluster.kmeans(x, 3, seed=0, fit=fit)
+    assert cluster.adjusted_rand(labels, truth) == pytest.approx(1.0)  # the outlier joins its nearest centroid
+    centres = torch.stack([x[torch.tensor(labels) == c].mean(0) for c in range(3)])  # [3, 2]
+    fitted = torch.stack([x[:18][torch.tensor(labels[:18]) == c].mean(0) for c in range(3)])
+    expected = ((x - fitted[torch.tensor(labels)]) ** 2).sum()  # inertia over every row, outlier included
+    assert inertia == pytest.approx(float(expected), rel=1e-6) and not torch.allclose(centres, fitted)
+    # too few marked rows to place k centroids: every row is used
+    assert cluster.kmeans(x, 3, seed=0, fit=[True, True] + [False] * 17) == cluster.kmeans(x, 3, seed=0)
+    with pytest.raises(ValueError, match="each of the 19 rows"):
+        cluster.kmeans(x, 3, seed=0, fit=[True])
+
+
 def test_kmeans_clips_k_to_distinct_points():
     x = torch.tensor([[1.0, 1.0], [1.0, 1.0], [2.0, 2.0]])
     labels, _ = cluster.kmeans(x, 3, seed=0)

@@ -56,20 +56,40 @@ def adapter_vector(state: Mapping[str, torch.Tensor], space: str = "flat", scali
     return torch.cat(parts)
 
 
-def kmeans(x: torch.Tensor, k: int, *, seed: int, n_init: int = 10) -> tuple[list[int], float]:
+def kmeans(
+    x: torch.Tensor, k: int, *, seed: int, n_init: int = 10, fit: Sequence[bool] | None = None
+) -> tuple[list[int], float]:
     """k-means (k-means++ init, ``n_init`` restarts, scikit-learn) of the rows of ``x`` [n, D] -> (labels, inertia).
 
-    ``k`` is clipped to the number of distinct rows, so identical adapters never make empty clusters.
+    ``fit`` [n] (optional): fit the centroids on the marked rows only and give every row its nearest centroid (an
+    adapter trained on a handful of examples is an outlier that would otherwise take a centroid of its own); when
+    fewer than ``k`` distinct rows are marked, all rows are used. ``inertia`` is over all rows either way. ``k`` is
+    clipped to the number of distinct rows, so identical adapters never make empty clusters.
     """
     from sklearn.cluster import KMeans
 
     data = x.detach().double().cpu().numpy()
-    distinct = len(np.unique(data, axis=0))
+    distinct = n_distinct(data)
     k = max(1, min(k, distinct))
     if k == 1:
         return [0] * len(data), float(((data - data.mean(0)) ** 2).sum())
-    km = KMeans(n_clusters=k, n_init=n_init, random_state=seed % 2**32).fit(data)
-    return [int(v) for v in km.labels_], float(km.inertia_)
+    chosen = data
+    if fit is not None:
+        mask = np.asarray(fit, dtype=bool)
+        if mask.shape != (len(data),):
+            raise ValueError(f"fit must mark each of the {len(data)} rows, got shape {mask.shape}")
+        if n_distinct(data[mask]) >= k:
+            chosen = data[mask]
+    km = KMeans(n_clusters=k, n_init=n_init, random_state=seed % 2**32).fit(chosen)
+    labels = km.predict(data)
+    inertia = float(((data - km.cluster_centers_[labels]) ** 2).sum())
+    return [int(v) for v in labels], inertia
+
+
+def n_distinct(data: np.ndarray) -> int:
+    """Distinct rows of ``data`` [n, D], by their bytes (np.unique(axis=0) sorts the rows as one wide structured
+    type, slow for a few dozen adapters of ~10^5-10^6 values each)."""
+    return len({row.tobytes() for row in np.ascontiguousarray(data)})
 
 
 def silhouette(x: torch.Tensor, labels: Sequence[int]) -> float:

@@ -33,6 +33,10 @@ class FLTACConfig:
     ``n_init``: k-means restarts (the paper: 10).
     ``min_task_examples``: a client trains an adapter for a local task only when it holds at least this many
     training examples of it (Dirichlet splits leave some clients 1-2 examples of a task; 1 = train them all).
+    ``cluster_min_examples``: k-means places its centroids using only the adapters trained on at least this many
+    examples; every adapter, these small ones included, then joins its nearest centroid (beyond the paper: an
+    adapter trained on a handful of examples over-fits them, lies far from every other and would take a centroid
+    of its own, merging two real tasks; 1 = fit on all, the paper).
     ``router``: how an unlabeled input picks its task adapter (beyond the paper): ``hidden`` (nearest centroid of
     the clients' mean prompt features under the frozen base) or ``tokens`` (the adapter owning the largest share
     of the input's prompt tokens, from the adapters' token profiles; needs LoRA on the input embedding; clients
@@ -50,6 +54,7 @@ class FLTACConfig:
     weighted: bool = True
     n_init: int = 10
     min_task_examples: int = 8
+    cluster_min_examples: int = 1
     router: str = "hidden"
     router_examples: int = 64
 
@@ -72,3 +77,5 @@ class FLTACConfig:
             raise ConfigError("algorithm.router_examples", self.router_examples, "an integer >= 1")
         if self.min_task_examples < 1:
             raise ConfigError("algorithm.min_task_examples", self.min_task_examples, "an integer >= 1")
+        if self.cluster_min_examples < 1:
+            raise ConfigError("algorithm.cluster_min_examples", self.cluster_min_examples, "an integer >= 1")

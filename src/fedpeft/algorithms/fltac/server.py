@@ -163,7 +163,9 @@ class FLTAC(Algorithm):
             k, score = cluster.choose_k(vectors, opts.k_selection, opts.max_clusters, seed=seed, n_init=opts.n_init)
             if not math.isnan(score):
                 info["k_score"] = score
-        labels, inertia = cluster.kmeans(vectors, k, seed=seed, n_init=opts.n_init)
+        fit = [self.counts[m] >= opts.cluster_min_examples for m in members]
+        info["fitted_on"] = sum(fit)
+        labels, inertia = cluster.kmeans(vectors, k, seed=seed, n_init=opts.n_init, fit=fit)
         weights = [self.counts[m] for m in members] if opts.weighted else None
         means = cluster.cluster_means(states, labels, weights)
         order = sorted(means)
