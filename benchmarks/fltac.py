@@ -79,8 +79,12 @@ def main() -> None:
     ap.add_argument("--output-dir", default=str(ROOT / "runs" / "bench"))
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe field")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (1: run seeds as parallel processes)")
+    ap.add_argument("--combine", nargs="+", type=Path, help="merge these --out files (one per seed) into --out")
     args = ap.parse_args()
-    torch.set_num_threads(2)
+    if args.combine:
+        return combine(args.combine, args.out)
+    torch.set_num_threads(args.threads)
 
     recipe = args.recipe.resolve()
     raw = tomllib.loads(recipe.read_text())
@@ -99,7 +103,8 @@ def main() -> None:
         raise SystemExit("--fedit-steps is needed without fltac in --methods for a dataset of categories")
     setting = {"rounds": rounds, "local_steps": steps, "model": cfg0.model.name, "eval_split": cfg0.data.eval_split}
     name = str(recipe.relative_to(ROOT)) if recipe.is_relative_to(ROOT) else str(recipe)
-    result: dict[str, Any] = {"machine": machine_info(2), "recipe": name, "setting": setting, "set": args.set}
+    result: dict[str, Any] = {"machine": machine_info(args.threads), "recipe": name, "setting": setting}
+    result["set"] = args.set
     result.update(metric=headline(cfg0), seeds=args.seeds, runs={})
     metric = result["metric"]
 
@@ -131,6 +136,27 @@ def main() -> None:
         result["summary"] = summarize_seeds(result)
         save_result(args.out, result)
     plot(result, args.out.with_suffix(".png"))
+    print(table(result))
+
+
+def combine(parts: list[Path], out: Path) -> None:
+    """One result from runs of the same recipe and setting made in separate processes (e.g. one seed each, in
+    parallel): their runs merged, the summary over all seeds recomputed; each part's machine record is kept."""
+    loaded = [json.loads(p.read_text()) for p in parts]
+    first = loaded[0]
+    for p, r in zip(parts, loaded, strict=True):
+        if any(r[k] != first[k] for k in ("recipe", "setting", "set", "metric", "tasks")):
+            raise SystemExit(f"--combine: {p} is not the same recipe, setting and overrides as {parts[0]}")
+    seeds = [s for r in loaded for s in r["runs"]]
+    if len(seeds) != len(set(seeds)):
+        raise SystemExit(f"--combine: a seed appears in more than one file ({sorted(seeds)})")
+    result = {k: first[k] for k in ("recipe", "setting", "set", "metric", "tasks")}
+    result["machine"] = {str(p): r["machine"] for p, r in zip(parts, loaded, strict=True)}
+    result["runs"] = {s: per for r in loaded for s, per in r["runs"].items()}
+    result["seeds"] = sorted(int(s) for s in result["runs"])
+    result["summary"] = summarize_seeds(result)
+    save_result(out, result)
+    plot(result, out.with_suffix(".png"))
     print(table(result))
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import statistics
 import time
 from pathlib import Path
@@ -20,6 +19,7 @@ from pathlib import Path
 import torch
 
 import fedpeft  # noqa: F401  (registers every method)
+from _machine import machine_info, save_result
 from fedpeft.adapters import AdapterConfig, attach_adapter, count_trainable
 from fedpeft.data import collate, encode_dataset, label_word_ids
 from fedpeft.errors import UnsupportedModelError
@@ -39,6 +39,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    machine = machine_info(args.threads)
 
     tok = load_tokenizer(args.model)
     spec = DATASETS.get("sst2")
@@ -87,15 +88,18 @@ def main() -> None:
             row["step_time_vs_lora"] = row["step_s"] / lora  # type: ignore[operator]
 
     out = {
+        "machine": machine,
         "model": args.model,
         "batch_size": args.batch_size,
+        "steps_per_repeat": args.steps,
         "threads": args.threads,
         "repeats": args.repeats,
+        "seeds": "AdapterConfig / TrainConfig defaults (one fixed SST-2 batch; timings, not accuracy)",
         "torch": torch.__version__,
         "methods": list(rows.values()),
     }
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "peft_methods.json").write_text(json.dumps(out, indent=2) + "\n")
+    save_result(RESULTS / "peft_methods.json", out)
     print(f"model {args.model}, batch {args.batch_size}, {args.threads} threads, median of {args.repeats}\n")
     print("| method | family | trainable params | % of model | bytes per update | step time vs LoRA |")
     print("|---|---|---:|---:|---:|---:|")

@@ -164,6 +164,8 @@ def test_fltac_config_errors(job):
         job(data=MIX, federation=FED, algorithm={"k_selection": "elbow"})
     with pytest.raises(ConfigError, match="'flat' for adapter.method='ia3'"):
         job(data=MIX, federation=FED, adapter={"method": "ia3"}, algorithm={"distance": "product"})
+    with pytest.raises(ConfigError, match="algorithm.cluster_min_examples"):
+        job(data=MIX, federation=FED, algorithm={"cluster_min_examples": 0})
     with pytest.raises(ConfigError, match="algorithm"):
         job(data=MIX, federation=FED, algorithm={"momentum": 0.9})  # a FedAvgM field is not an FL-TAC field
 
@@ -180,6 +182,7 @@ def test_token_profiles_tell_qnli_from_rte_from_the_first_round(job):
     rounds = lines(run, "round")
     assert len(rounds) == 2 and all(r["clusters"] == 3 for r in rounds)
     assert [(r["purity"], r["ari"]) for r in rounds] == [(1.0, 1.0), (1.0, 1.0)]
+    assert all(r["fitted_on"] == r["adapters"] for r in rounds)  # cluster_min_examples = 1: every adapter
     # The tokens router reads the task adapters alone (no client sent a feature) and is saved as such.
     assert json.loads((run / "adapter" / "router.json").read_text())["router"] == "tokens"
     assert lines(run, "eval")[-1]["routing_accuracy"] >= 0.8  # chance: 1/3
