@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -113,7 +114,9 @@ def main() -> None:
     if len(args.seeds) < 3:
         print("note: fewer than 3 seeds: no headline figure should rest on this", file=sys.stderr)
 
-    result: dict[str, Any] = {"machine": machine_info(threads=2), "seeds": args.seeds, "overrides": args.set}
+    # the runs are subprocesses: torch's default (one thread per core) unless OMP_NUM_THREADS says otherwise
+    threads = int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1)
+    result: dict[str, Any] = {"machine": machine_info(threads), "seeds": args.seeds, "overrides": args.set}
     result["recipes"] = {}
     variants = [split_variant(spec) for spec in args.recipes]  # every spec checked before the first run
     for spec, (recipe, overrides) in zip(args.recipes, variants, strict=True):
