@@ -443,10 +443,23 @@ class LocalCluster:
         return [*self.supernodes, *self.workers, self.superlink]
 
     def stop(self, grace: float = 10.0) -> None:
-        """SIGTERM nodes then the SuperLink; SIGKILL every process of their trees still alive after ``grace``."""
+        """SIGTERM the ServerApp, then the nodes, then the SuperLink; SIGKILL every process of their trees still
+        alive after ``grace``.
+
+        The ServerApp goes first: with its nodes gone it would otherwise run the remaining rounds without replies
+        in the seconds the nodes take to exit, and write ``summary.json`` as if the run had finished.
+        """
         children = child_map()
         for proc in self.all_procs():
             proc.remember_tree(children)
+        servers = self.serverapp_pids(children)
+        for pid in servers:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while any(Path(f"/proc/{pid}").exists() for pid in servers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        _kill_pids(set(servers))
         for proc in [*self.supernodes, *self.workers]:
             proc.signal(signal.SIGTERM)
         self._wait_exit([*self.supernodes, *self.workers], grace)
