@@ -66,11 +66,13 @@ class Recording(FLTAC):
         seed = derive_seed(self.cfg.seed, rnd, "kmeans")
         points = states if self.opts.cluster_on == "adapter" else updates
         row: dict[str, Any] = {"round": rnd, "adapters": len(members), "spaces": {}}
+        labels_by_space: dict[str, list[int]] = {}  # the clusters each space gave every adapter
         for name, (space, unit) in SPACES.items():
             x = torch.stack([cluster.adapter_vector(s, space, self.scaling) for s in points])  # [n, D]
             if unit:
                 x = x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
             labels, _ = cluster.kmeans(x, self.num_clusters, seed=seed, n_init=self.opts.n_init)
+            labels_by_space[name] = labels
             row["spaces"][name] = score(labels, truth)
             if space == "tokens":
                 for variant in VARIANTS:
@@ -91,16 +93,6 @@ class Recording(FLTAC):
         # per adapter: who it is, how much data it had, how far its update moved, and the clusters each space gave
         # it (to see which adapters merge or stand alone)
         flat = torch.stack([cluster.adapter_vector(u, "flat") for u in updates])
-        labels_by_space = {
-            name: cluster.kmeans(
-                profiles if space == "tokens" else torch.stack([cluster.adapter_vector(s, space) for s in points]),
-                self.num_clusters,
-                seed=seed,
-                n_init=self.opts.n_init,
-            )[0]
-            for name, (space, _) in SPACES.items()
-            if name in ("flat", "tokens")
-        }
         if DUMP is not None:  # the round's profiles, to try other token weightings offline
             np.savez_compressed(
                 DUMP.with_name(f"{DUMP.stem}_round{rnd}.npz"),
@@ -115,7 +107,7 @@ class Recording(FLTAC):
                 "examples": self.counts[m],
                 "update_norm": float(flat[i].norm()),
                 "tokens_moved": int((profiles[i] > 0).sum()),
-                **{f"cluster_{k}": v[i] for k, v in labels_by_space.items()},
+                **{f"cluster_{k}": labels_by_space[k][i] for k in ("flat", "tokens")},
             }
             for i, m in enumerate(members)
         ]
