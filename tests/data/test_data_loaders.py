@@ -242,3 +242,38 @@ def test_load_hf_dataset_local_paths(tmp_path: Path) -> None:
         cache_dir=tmp_path / "cache",
     )
     assert ds["output"] == ["positive", "negative"] and ds["label"] == [1, 0] and ds["task"] == ["reviews"] * 2
+
+
+def test_dolly_heldout_categories(shared_data: Path) -> None:
+    """FedHDS's unseen-category split: summarization (1,188 rows, MANIFEST) leaves train and test for 'unseen'."""
+    held = ["summarization"]
+    train = D.load_dolly("train", shared_data, heldout_categories=held)
+    test = D.load_dolly("test", shared_data, heldout_categories=held)
+    unseen = D.load_dolly("unseen", shared_data, heldout_categories=held)
+    check_schema(unseen)
+    assert "summarization" not in set(train["task"]) | set(test["task"])
+    assert set(train["task"]) == set(test["task"]) and len(set(train["task"])) == 7
+    assert set(unseen["task"]) == {"summarization"} and len(unseen) == 1188
+    assert len(train) + len(test) + len(unseen) == 15011
+    assert all(D.dolly_is_heldout(i) for i in test["instruction"])
+    # The other categories keep the same train / test rows as without the option.
+    full_test = D.load_dolly("test", shared_data)
+    kept = [i for i, t in zip(full_test["instruction"], full_test["task"], strict=True) if t != "summarization"]
+    assert test["instruction"] == kept
+    assert len(train) + len(test) == 15011 - 1188
+    # Through the registry, as a recipe passes it.
+    via_spec = D.get_dataset("dolly").load_split("unseen", shared_data, heldout_categories=held)
+    assert via_spec.to_dict() == unseen.to_dict()
+
+
+def test_dolly_heldout_categories_validation(shared_data: Path) -> None:
+    with pytest.raises(ConfigError, match="heldout_categories"):
+        D.load_dolly("unseen", shared_data)
+    with pytest.raises(ConfigError, match="heldout_categories"):
+        D.load_dolly("unseen", shared_data, heldout_categories=[])
+    with pytest.raises(ConfigError, match="heldout_categories.*poetry"):
+        D.load_dolly("train", shared_data, heldout_categories=["summarization", "poetry"])
+    with pytest.raises(ConfigError, match="heldout_categories.*list"):
+        D.load_dolly("train", shared_data, heldout_categories="summarization")
+    with pytest.raises(ConfigError, match="split"):
+        D.load_dolly("dev", shared_data, heldout_categories=["summarization"])

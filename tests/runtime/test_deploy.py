@@ -505,3 +505,36 @@ def test_fltac_on_deploy_matches_local(tmp_path: Path) -> None:
     assert s_dep["final"] == s_local["final"]
     clustering = [e for e in _events(dep) if e["event"] == "round"]
     assert [e["round"] for e in clustering] == [1, 2] and all("ari" in e for e in clustering)
+
+
+def test_fedhds_on_deploy_matches_local(tmp_path: Path) -> None:
+    """FedHDS over the deployment: each round the selection query (global adapter + features, t-SNE, HDBSCAN on the
+    node, centroids and int64 ids back), HDBSCAN over every centroid on the server, the chosen ids sent to their
+    owners, whose cluster -> example map and adapter wait in the node's state until training; the same coresets,
+    adapter and bytes as a `local` run of the same config (one torch thread on both sides)."""
+    job = {"algorithm_table": {"min_cluster_size": 3}, "algorithm": "fedhds", "rounds": 2, "local_test_fraction": 0.0}
+    root = tmp_path / "deploy"
+    try:
+        dep = run_federated(_job(root, **job), runtime="deploy", quiet=True).path
+    finally:
+        _sweep(root)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        local = run_federated(_job(tmp_path / "local", **job), runtime="local", quiet=True).path
+    finally:
+        torch.set_num_threads(threads)
+    want, got = (load_file(p / "adapter" / "adapter_model.safetensors") for p in (local, dep))
+    assert got.keys() == want.keys() and want
+    for key, value in want.items():
+        assert torch.allclose(got[key], value, atol=1e-6), key
+    pick = lambda run: sorted(  # noqa: E731
+        (e["round"], e["client"], e["num_examples"]) for e in _events(run) if e["event"] == "client_train"
+    )
+    assert pick(dep) == pick(local) and pick(local)
+    s_local, s_dep = (json.loads((p / "summary.json").read_text()) for p in (local, dep))
+    assert s_dep["bytes_by_kind"] == s_local["bytes_by_kind"] and "centroids" in s_dep["bytes_by_kind"]
+    assert s_dep["fedhds"] == {
+        **s_local["fedhds"],
+        **{k: s_dep["fedhds"][k] for k in ("select_seconds", "train_seconds")},
+    }

@@ -212,9 +212,10 @@ class EvalSet(Protocol):
         """One score per eval example with ``state`` loaded."""
         ...
 
-    def features(self, state: State, featurize: Callable[..., Tensor]) -> Tensor:
+    def features(self, state: State, featurize: Callable[..., Tensor], data: ServerData | None = None) -> Tensor:
         """``featurize(model, eval_examples, collate)`` with ``state`` loaded: one row per eval example (e.g.
-        FL-TAC's router features)."""
+        FL-TAC's router features); with ``data``, one row per example of the server's own data instead (e.g.
+        FedHDS's anchors)."""
         ...
 
 

@@ -110,10 +110,13 @@ class ByteLedger:
             acc[t.client_id] += t.nbytes
         return dict(acc)
 
-    def per_kind(self, phase: str | None = None) -> dict[str, dict[str, int]]:
-        """``{kind: {"up": bytes, "down": bytes}}``, kinds in order of first appearance."""
+    def per_kind(self, phase: str | None = None, round: int | None = None) -> dict[str, dict[str, int]]:
+        """``{kind: {"up": bytes, "down": bytes}}`` (of one phase and/or round, or all), kinds in order of first
+        appearance."""
         acc: dict[str, dict[str, int]] = {}
         for t in self._select(None, phase):
+            if round is not None and t.round != round:
+                continue
             row = acc.setdefault(t.kind, {d: 0 for d in DIRECTIONS})
             row[t.direction] += t.nbytes
         return acc

@@ -2,6 +2,8 @@
 
 ``task`` is the Dolly category, which gives a natural non-IID split (one category per client) and the task labels
 FL-TAC clusters on. Dolly has no official split: :func:`fedpeft.data.splits.dolly_is_heldout` defines ours.
+``heldout_categories`` keeps whole categories out of ``train`` and ``test``; split ``unseen`` serves every row of
+them (unseen-category generalisation, as FedHDS holds out summarization).
 
 References
 ----------
@@ -10,6 +12,7 @@ Conover et al., "Free Dolly: Introducing the World's First Truly Open Instructio
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import datasets
@@ -21,10 +24,22 @@ from fedpeft.errors import ConfigError
 from fedpeft.registry import register_dataset
 
 DOLLY_FILE = "dolly15k/databricks-dolly-15k.jsonl"
-DOLLY_SPLITS = ("train", "test")
+DOLLY_SPLITS = ("train", "test", "unseen")
+DOLLY_CATEGORIES = (
+    "brainstorming",
+    "classification",
+    "closed_qa",
+    "creative_writing",
+    "general_qa",
+    "information_extraction",
+    "open_qa",
+    "summarization",
+)
 
 
-def read_dolly(path: str | Path, split: str | None = None) -> datasets.Dataset:
+def read_dolly(
+    path: str | Path, split: str | None = None, heldout_categories: Sequence[str] = ()
+) -> datasets.Dataset:
     """Read a Dolly-format JSONL file (``instruction``, ``context``, ``response``, ``category``).
 
     Parameters
@@ -32,7 +47,10 @@ def read_dolly(path: str | Path, split: str | None = None) -> datasets.Dataset:
     path:
         The JSONL file.
     split:
-        ``"train"``, ``"test"`` (rows where :func:`dolly_is_heldout` is True) or ``None`` for every row.
+        ``"train"``, ``"test"`` (rows where :func:`dolly_is_heldout` is True), ``"unseen"`` (every row of
+        ``heldout_categories``) or ``None`` for every row.
+    heldout_categories:
+        Categories kept out of ``train`` and ``test``.
 
     Raises
     ------
@@ -41,13 +59,24 @@ def read_dolly(path: str | Path, split: str | None = None) -> datasets.Dataset:
     """
     if split is not None and split not in DOLLY_SPLITS:
         raise ConfigError("split", split, DOLLY_SPLITS)
+    if isinstance(heldout_categories, str):  # a bare string would be read as a list of characters
+        raise ConfigError("heldout_categories", heldout_categories, "a list of category names")
+    unknown = [c for c in heldout_categories if c not in DOLLY_CATEGORIES]
+    if unknown:
+        raise ConfigError("heldout_categories", unknown, DOLLY_CATEGORIES)
+    if split == "unseen" and not heldout_categories:
+        raise ConfigError("heldout_categories", [], "at least one category for split 'unseen'")
+    held = set(heldout_categories)
     cols = empty_columns()
     for line, obj in iter_jsonl(path):
         instruction = get_str(obj, "instruction", path, line, allow_empty=False)
         context = get_str(obj, "context", path, line, required=False)
         response = get_str(obj, "response", path, line, allow_empty=False)
         category = get_str(obj, "category", path, line, allow_empty=False)
-        if split is not None and dolly_is_heldout(instruction) != (split == "test"):
+        if split == "unseen":
+            if category not in held:
+                continue
+        elif split is not None and (category in held or dolly_is_heldout(instruction) != (split == "test")):
             continue
         cols["instruction"].append(instruction)
         cols["input"].append(context)
@@ -57,7 +86,9 @@ def read_dolly(path: str | Path, split: str | None = None) -> datasets.Dataset:
     return make_dataset(cols)
 
 
-def load_dolly(split: str, data_dir: str | Path | None = None) -> datasets.Dataset:
+def load_dolly(
+    split: str, data_dir: str | Path | None = None, *, heldout_categories: Sequence[str] = ()
+) -> datasets.Dataset:
     """Load a Dolly split from ``<data_dir>/dolly15k/databricks-dolly-15k.jsonl``.
 
     Parameters
@@ -66,8 +97,10 @@ def load_dolly(split: str, data_dir: str | Path | None = None) -> datasets.Datas
         ``"train"`` or ``"test"`` (about 10% of rows, chosen by a hash of the instruction).
     data_dir:
         Data directory; see :meth:`DatasetSpec.load_split`.
+    heldout_categories:
+        Categories kept out of ``train`` / ``test`` and served by ``"unseen"``.
     """
-    return read_dolly(resolve_path(data_dir, DOLLY_FILE), split)
+    return read_dolly(resolve_path(data_dir, DOLLY_FILE), split, heldout_categories)
 
 
 register_dataset(

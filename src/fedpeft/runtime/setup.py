@@ -130,9 +130,14 @@ class ServerModel:
             scores = example_scores(model, self.task, self.cfg.eval.batch_size, self.cfg.eval.max_new_tokens)
         return scores[self.metric]
 
-    def features(self, state: State, featurize: Callable[..., torch.Tensor]) -> torch.Tensor:
-        """``featurize(model, eval examples, collate)`` with ``state`` loaded (FL-TAC's router features)."""
+    def features(
+        self, state: State, featurize: Callable[..., torch.Tensor], data: ServerData | None = None
+    ) -> torch.Tensor:
+        """``featurize(model, examples, collate)`` with ``state`` loaded, on the eval examples (FL-TAC's router
+        features) or on ``data``'s (FedHDS's anchors)."""
         with self.loaded(state) as model:
+            if data is not None:
+                return featurize(model, data.examples, data.collate)
             return featurize(model, self.task.eval, self.task.collate)
 
     def save(self, state: State, relative: str) -> None:

@@ -100,8 +100,10 @@ def layer_features(
     *,
     batch_size: int = 32,
     layers: Sequence[int] | Literal["all"] = "all",
+    pool: Literal["last", "mean"] = "last",
 ) -> torch.Tensor:
-    """Every layer's hidden state at the last real token of each example, concatenated over layers.
+    """Every layer's hidden state at the last real token of each example (or its mean over the real tokens),
+    concatenated over layers.
 
     The token is the last of the example's whole training sequence as encoded in ``input_ids`` (prompt, response
     and EOS when the template adds one), so the feature has seen the full example: FedHDS's inter-layer feature
@@ -120,6 +122,9 @@ def layer_features(
     layers:
         Indices into the L + 1 hidden states (0 = embedding output, ``i`` = output of decoder layer ``i``, -1 =
         the last, after the final norm in Llama-style models), or ``"all"``.
+    pool:
+        ``"last"``: the hidden state at the last real token (the reference); ``"mean"``: the mean over every real
+        token of the example.
 
     Returns
     -------
@@ -127,11 +132,18 @@ def layer_features(
         float32 on CPU, [N, n_layers * H] with layer ``layers[k]`` in columns ``k*H : (k+1)*H``
         (``n_layers = L + 1`` for ``"all"``; ``[0, 0]`` when ``examples`` is empty).
     """
+    if pool not in ("last", "mean"):
+        raise ValueError(f"pool must be 'last' or 'mean', got {pool!r}")
     model.eval()
     rows: list[torch.Tensor] = []
     for batch, hidden_states in _batches(model, examples, collate, batch_size):
         picked = hidden_states if layers == "all" else [hidden_states[i] for i in layers]
         length = batch["input_ids"].shape[1]
-        per_layer = [last_token_features(_real(h, length), batch["attention_mask"]) for h in picked]  # [B, H] each
+        mask = batch["attention_mask"]  # [B, T]
+        if pool == "last":
+            per_layer = [last_token_features(_real(h, length), mask) for h in picked]  # [B, H] each
+        else:
+            w = mask.to(picked[0].dtype)[..., None]  # [B, T, 1]
+            per_layer = [(_real(h, length) * w).sum(1) / w.sum(1) for h in picked]  # [B, H] each
         rows.append(torch.cat(per_layer, dim=1).float().cpu())  # [B, n_layers * H]
     return torch.cat(rows) if rows else torch.zeros(0, 0)
