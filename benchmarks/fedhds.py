@@ -148,6 +148,39 @@ def table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def plot(result: dict[str, Any], path: Path) -> None:
+    """Held-out Rouge-L per variant (mean, sd over seeds; the base model dashed) beside the seconds of selection and
+    training (log scale)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(result["variants"])
+    summ = [result["variants"][n]["summary"] for n in names]
+    sd = lambda s, k: s[k]["sd"] if s[k].get("sd") is not None else 0.0  # noqa: E731
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    ax1.bar(names, [s["rouge_after"]["mean"] for s in summ], yerr=[sd(s, "rouge_after") for s in summ], capsize=3)
+    ax1.axhline(summ[0]["rouge_before"]["mean"], linestyle="--", color="grey", label="untuned model")
+    ax1.set_ylabel("Rouge-L on held-out tasks")
+    ax1.set_title(f"{result.get('setting', '')}: Rouge-L after {len(summ[0]['seeds'])} seed(s)")
+    ax1.legend()
+    select_s = [s["select_s"]["mean"] if "select_s" in s else 0.0 for s in summ]
+    train_s = [s["train_s"]["mean"] for s in summ]
+    ax2.bar(names, select_s, label="selection")
+    ax2.bar(names, train_s, bottom=select_s, label="training")
+    ax2.set_yscale("log")
+    ax2.set_ylim(bottom=1)
+    ax2.set_ylabel("seconds (server wall, all rounds)")
+    ax2.set_title("cost of selection and training")
+    ax2.legend()
+    for ax in (ax1, ax2):
+        ax.tick_params(axis="x", rotation=20)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--setting", choices=sorted(SETTINGS))
@@ -196,6 +229,7 @@ def main() -> None:
     summarize(result)
     result["table"] = table(result)
     save_result(args.out, result)
+    plot(result, args.out.with_suffix(".png"))
     print(result["table"])
     print(f"wrote {args.out}")
 

@@ -64,6 +64,16 @@ def test_fedhds_trains_one_epoch_on_the_chosen_examples_and_keeps_selection_byte
     n_adapter = sum(v.numel() * 4 for v in adapter(run).values())
     assert kinds["adapter"]["down"] == 2 * 3 * n_adapter
     assert all(r["selection_bytes"] > 0 for r in rounds)
+    # the run's report shows the selection apart from the adapter
+    from fedpeft.reports.store import load_run
+    from fedpeft.reports.tables import format_bytes, selection_table
+
+    table = selection_table(load_run(run))
+    assert table is not None
+    cells = dict(table.rows)
+    assert cells["examples trained"] == str(summary["fedhds"]["examples_trained"])
+    assert cells["data fraction"] == f"{100 * summary['fedhds']['data_fraction']:.2f}%"
+    assert cells["selection bytes up"] == format_bytes(local * 2 * 4 + local * 8)
 
 
 def test_baselines_share_the_harness(job):
@@ -195,3 +205,23 @@ def test_fedhds_resumes_after_a_crash_to_the_same_result(job, monkeypatch):
     assert strip(resumed) == strip(whole)
     s_whole, s_resumed = (json.loads((p / "summary.json").read_text())["fedhds"] for p in (whole, resumed))
     assert s_resumed["examples_trained"] == s_whole["examples_trained"]
+
+
+def test_a_malformed_selection_reply_is_rejected_and_the_client_sits_out(job, monkeypatch):
+    """Duplicate cluster ids (or centroids of the wrong shape) from a client are logged as rejected; the others
+    select and train as usual."""
+    real = select.weighted_centroids
+
+    def duplicated(points, labels, probs):
+        ids, cents = real(points, labels, probs)
+        if len(points) > 60:  # the client with the most examples lies
+            ids = torch.zeros_like(ids)
+        return ids, cents
+
+    monkeypatch.setattr(select, "weighted_centroids", duplicated)
+    run = run_federated(job(data=DATA, train=TRAIN, federation={**FED, "rounds": 1}, algorithm=HDS), quiet=True).path
+    rejected = lines(run, "rejected")
+    liar = {s["client"] for s in lines(run, "client_select")} ^ {0, 1, 2}
+    assert len(rejected) == 1 and {rejected[0]["client"]} == liar
+    assert "malformed selection" in rejected[0]["reason"]
+    assert liar.isdisjoint(t["client"] for t in lines(run, "client_train"))

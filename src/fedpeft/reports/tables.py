@@ -408,6 +408,30 @@ def device_budget_table(rec: RunRecord) -> Table | None:
     return Table("Device budget", header, rows, frozenset(range(1, len(header))), note)
 
 
+def selection_table(rec: RunRecord) -> Table | None:
+    """Data selection (summary.json ``fedhds``): the coreset, the share of the sampled clients' examples trained on,
+    the seconds of the selection and training exchanges, and the selection's bytes (every payload kind but the
+    adapter); None for runs without data selection."""
+    sel = (rec.summary or {}).get("fedhds")
+    if not sel:
+        return None
+    other = {k: c for k, c in rec.bytes_by_kind.items() if k != "adapter"}
+    rows = [
+        ("coreset", str(sel.get("coreset", MISSING))),
+        ("examples trained", format_count(sel.get("examples_trained"))),
+        ("data fraction", f"{100 * float(sel.get('data_fraction', 0.0)):.2f}%"),
+        ("selection seconds", format_seconds(sel.get("select_seconds"))),
+        ("training seconds", format_seconds(sel.get("train_seconds"))),
+        ("selection bytes up", format_bytes(sum(c.up for c in other.values()))),
+        ("selection bytes down", format_bytes(sum(c.down for c in other.values()))),
+    ]
+    note = (
+        "Seconds are the server's wall time of the selection and training exchanges over all rounds (evaluation "
+        "excluded); the fraction is examples trained over the examples the sampled clients held, summed over rounds."
+    )
+    return Table("Data selection", ("", "value"), rows, frozenset({1}), note)
+
+
 def incidents_table(rec: RunRecord) -> Table | None:
     """Rejected and failed updates, by round; None when there were none."""
     if not rec.incidents:
@@ -424,6 +448,7 @@ def run_tables(rec: RunRecord) -> list[Table]:
         communication_table(rec),
         bytes_by_kind_table(rec),
         phases_table(rec),
+        selection_table(rec),
         device_budget_table(rec),
         incidents_table(rec),
     ]

@@ -15,6 +15,7 @@ extracted in batches; ``shared`` offers a projection in which all clients' centr
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -99,6 +100,8 @@ class FedHDS(FedAvg):
         """A well-formed query reply (malformed ones are logged as rejected and the client sits the round out)."""
         assert r.msg is not None
         a, n = r.msg.arrays, r.msg.metrics.get("num_examples", 0)
+        if not (isinstance(n, (int, float)) and float(n).is_integer() and n > 0):
+            n = -1  # not a count: fails every check below
         if self.opts.coreset == "pooled":
             f = a.get("features")
             ok = f is not None and f.dim() == 2 and f.shape[0] == n > 0 and bool(torch.isfinite(f).all())
@@ -109,6 +112,7 @@ class FedHDS(FedAvg):
                 and cents is not None
                 and not ids.is_floating_point()
                 and ids.dim() == 1
+                and len(set(ids.tolist())) == ids.shape[0]  # distinct local cluster ids
                 and cents.shape == (ids.shape[0], self.opts.dims)
                 and bool(torch.isfinite(cents).all())
                 and n > 0
@@ -170,9 +174,10 @@ class FedHDS(FedAvg):
             if not locals_:
                 continue
             if self.opts.coreset == "random":  # as many examples as HDS chose for this client, drawn uniformly
-                gen = torch.Generator().manual_seed(derive_seed(self.cfg.seed, rnd, client, "random_coreset"))
-                draw = torch.randperm(self.held[client], generator=gen)[: len(locals_)]
-                self.coresets[client] = ("examples", sorted(draw.tolist()), rnd)
+                # O(k) whatever count the client claims; seeded by (job seed, round, client)
+                rng = random.Random(derive_seed(self.cfg.seed, rnd, client, "random_coreset"))
+                draw = rng.sample(range(self.held[client]), min(len(locals_), self.held[client]))
+                self.coresets[client] = ("examples", sorted(draw), rnd)
             else:
                 self.coresets[client] = ("clusters", sorted(locals_), rnd)
         return {
