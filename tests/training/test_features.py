@@ -132,3 +132,20 @@ def test_prompt_features_is_still_exported_by_fltac():
     from fedpeft.algorithms.fltac import prompt_features as reexported
 
     assert reexported is prompt_features
+
+
+def test_layer_features_mean_pool_is_the_mean_over_real_tokens_and_batch_independent(lora_small):
+    """``pool="mean"`` (a FedHDS feature option): each layer's hidden states averaged over the example's own tokens,
+    the same batched as one at a time (padding never enters the mean)."""
+    model, coll, examples = lora_small
+    batched = layer_features(model, examples, coll, batch_size=4, layers=[0, -1], pool="mean")  # [N, 2H]
+    with torch.no_grad():
+        for i, ex in enumerate(examples):
+            ids = torch.tensor([ex["input_ids"]])
+            hs = model(input_ids=ids, attention_mask=torch.ones_like(ids), output_hidden_states=True).hidden_states
+            want = torch.cat([hs[0][0].mean(0), hs[-1][0].mean(0)])  # [2H]
+            assert torch.allclose(batched[i], want, atol=1e-5)
+    last = layer_features(model, examples, coll, batch_size=4, layers=[0, -1])
+    assert not torch.allclose(batched, last)
+    with pytest.raises(ValueError, match="pool"):
+        layer_features(model, examples, coll, pool="max")  # type: ignore[arg-type]
