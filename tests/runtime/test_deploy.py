@@ -473,12 +473,9 @@ def test_sigterm_to_a_deploy_run_stops_every_process_and_keeps_the_checkpoint(tm
     assert (run_path / "checkpoint" / "state.pt").is_file() and not (run_path / "summary.json").exists()
 
 
-def test_fltac_on_deploy_matches_local(tmp_path: Path) -> None:
-    """FL-TAC over the deployment: the first-contact query for each node's task sizes, several adapters per reply,
-    k-means on the server, each member's cluster mean sent back to its own node; the task adapters, router and
-    bytes equal those of a `local` run of the same config (one torch thread on both sides)."""
-    job = {"dataset": "sst2+rte", "algorithm_table": {"min_task_examples": 4}, "algorithm": "fltac", "rounds": 2,
-           "client_eval_every": 1}  # fmt: skip
+def _deploy_and_local(tmp_path: Path, job: dict[str, Any]) -> tuple[Path, Path]:
+    """Run ``job`` on ``deploy`` (its processes swept afterwards), then on ``local`` with one torch thread like the
+    deployment's workers; returns the two run directories."""
     root = tmp_path / "deploy"
     try:
         dep = run_federated(_job(root, **job), runtime="deploy", quiet=True).path
@@ -490,6 +487,16 @@ def test_fltac_on_deploy_matches_local(tmp_path: Path) -> None:
         local = run_federated(_job(tmp_path / "local", **job), runtime="local", quiet=True).path
     finally:
         torch.set_num_threads(threads)
+    return dep, local
+
+
+def test_fltac_on_deploy_matches_local(tmp_path: Path) -> None:
+    """FL-TAC over the deployment: the first-contact query for each node's task sizes, several adapters per reply,
+    k-means on the server, each member's cluster mean sent back to its own node; the task adapters, router and
+    bytes equal those of a `local` run of the same config (one torch thread on both sides)."""
+    job = {"dataset": "sst2+rte", "algorithm_table": {"min_task_examples": 4}, "algorithm": "fltac", "rounds": 2,
+           "client_eval_every": 1}  # fmt: skip
+    dep, local = _deploy_and_local(tmp_path, job)
 
     files = sorted(p.relative_to(local) for p in (local / "adapter").rglob("adapter_model.safetensors"))
     assert len(files) == 2  # one adapter per task cluster
@@ -513,17 +520,7 @@ def test_fedhds_on_deploy_matches_local(tmp_path: Path) -> None:
     owners, whose cluster -> example map and adapter wait in the node's state until training; the same coresets,
     adapter and bytes as a `local` run of the same config (one torch thread on both sides)."""
     job = {"algorithm_table": {"min_cluster_size": 3}, "algorithm": "fedhds", "rounds": 2, "local_test_fraction": 0.0}
-    root = tmp_path / "deploy"
-    try:
-        dep = run_federated(_job(root, **job), runtime="deploy", quiet=True).path
-    finally:
-        _sweep(root)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        local = run_federated(_job(tmp_path / "local", **job), runtime="local", quiet=True).path
-    finally:
-        torch.set_num_threads(threads)
+    dep, local = _deploy_and_local(tmp_path, job)
     want, got = (load_file(p / "adapter" / "adapter_model.safetensors") for p in (local, dep))
     assert got.keys() == want.keys() and want
     for key, value in want.items():

@@ -51,7 +51,7 @@ class FedHDS(FedAvg):
         super().__init__(cfg, server)
         self.coresets: dict[int, Coreset] = {}  # client -> its latest coreset (reused until the next selection)
         self.held: dict[int, int] = {}  # client -> number of local training examples (from its query replies)
-        self.totals = {"examples_trained": 0, "examples_offered": 0, "select_s": 0.0, "train_s": 0.0, "rounds": 0}
+        self.totals = {"examples_trained": 0, "examples_offered": 0, "select_s": 0.0, "train_s": 0.0}
         self._projection: tuple[Tensor, Tensor] | None = None  # Turbo's shared projection: fitted once
         self.answered: set[int] = set()  # clients whose selection reply of this round was accepted
 
@@ -238,7 +238,6 @@ class FedHDS(FedAvg):
         self.totals["examples_offered"] += offered
         self.totals["select_s"] += float(info.get("select_s", 0.0))
         self.totals["train_s"] += info["train_s"]
-        self.totals["rounds"] += 1
         if not accepted:
             return info  # no client trained: the global adapter stays as it was (the reference zeroes it)
         info["train_loss"] = sum(a.metrics.get("loss", 0.0) * a.num_examples for a in accepted) / trained
