@@ -212,6 +212,11 @@ class EvalSet(Protocol):
         """One score per eval example with ``state`` loaded."""
         ...
 
+    def evaluate_model(self, model: torch.nn.Module) -> dict[str, float]:
+        """The run's evaluation (eval split, mode, batch size, generation length) of any causal LM over the
+        clients' vocabulary, e.g. FedPT's proxy-tuned large model: the same metrics as the global adapter gets."""
+        ...
+
     def features(self, state: State, featurize: Callable[..., Tensor], data: ServerData | None = None) -> Tensor:
         """``featurize(model, eval_examples, collate)`` with ``state`` loaded: one row per eval example (e.g.
         FL-TAC's router features); with ``data``, one row per example of the server's own data instead (e.g.

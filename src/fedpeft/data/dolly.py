@@ -37,9 +37,7 @@ DOLLY_CATEGORIES = (
 )
 
 
-def read_dolly(
-    path: str | Path, split: str | None = None, heldout_categories: Sequence[str] = ()
-) -> datasets.Dataset:
+def read_dolly(path: str | Path, split: str | None = None, heldout_categories: Sequence[str] = ()) -> datasets.Dataset:
     """Read a Dolly-format JSONL file (``instruction``, ``context``, ``response``, ``category``).
 
     Parameters

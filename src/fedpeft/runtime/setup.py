@@ -124,6 +124,10 @@ class ServerModel:
         with self.loaded(state) as model:
             return evaluate_task(model, self.task, self.cfg.eval.batch_size, self.cfg.eval.max_new_tokens)
 
+    def evaluate_model(self, model: torch.nn.Module) -> dict[str, float]:
+        """The run's evaluation of another model over the same vocabulary (the EvalSet view)."""
+        return evaluate_task(model, self.task, self.cfg.eval.batch_size, self.cfg.eval.max_new_tokens)
+
     def scores(self, state: State) -> list[float]:
         """Per-example headline score (``self.metric``) of ``state`` on the eval split."""
         with self.loaded(state) as model:

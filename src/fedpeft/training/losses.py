@@ -134,13 +134,18 @@ def make_loss(name: str, word_ids: Tensor | None = None) -> LossFn:
     return LOSSES[name](word_ids)
 
 
-Positions = Literal["response", "all"]
+Positions = Literal["response", "all", "last"]
 
 
 def _distillation_mask(batch: Mapping[str, Tensor], positions: str) -> Tensor:
     """[B, T] bool: the positions whose next-token distributions are matched."""
     if positions == "all":
         return batch["attention_mask"].bool()
+    if positions == "last":  # the last prompt token, whose logits predict the answer's first token
+        mask = torch.zeros_like(batch["attention_mask"], dtype=torch.bool)
+        rows = torch.arange(mask.shape[0], device=mask.device)
+        mask[rows, batch["prompt_length"].to(mask.device) - 1] = True
+        return mask
     # logits at t predict token t + 1 (Hugging Face causal-LM shift), so position t counts when label t + 1 does
     labels = batch["labels"]  # [B, T]
     mask = torch.zeros_like(labels, dtype=torch.bool)
@@ -174,7 +179,9 @@ def distillation_loss(
         :math:`\tau > 0`; higher softens both distributions.
     positions
         ``"response"``: positions whose next token is a response token (``labels[:, t + 1] != -100``, the positions
-        :func:`lm_loss` trains); ``"all"``: every non-padded position (``attention_mask == 1``).
+        :func:`lm_loss` trains); ``"all"``: every non-padded position (``attention_mask == 1``); ``"last"``: the last
+        prompt position of each row (``prompt_length - 1``), whose next token is the answer's first (all that
+        label-word classification reads).
 
     Returns
     -------
@@ -183,8 +190,8 @@ def distillation_loss(
     """
     if not temperature > 0:
         raise ConfigError("temperature", temperature, "a float > 0")
-    if positions not in ("response", "all"):
-        raise ConfigError("positions", positions, ["response", "all"])
+    if positions not in ("response", "all", "last"):
+        raise ConfigError("positions", positions, ["response", "all", "last"])
 
     def loss(model: torch.nn.Module, batch: Mapping[str, Tensor]) -> Tensor:
         student = forward_logits(model, batch)  # [B, T, V]
