@@ -149,6 +149,29 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_generate(args: argparse.Namespace) -> int:
+    """Answer prompts with a run's model (FedPT: the proxy-tuned large model by default)."""
+    from fedpeft.runtime.generate import load_generator
+
+    gen = load_generator(args.run_dir, args.model, alpha=args.alpha, round=args.round, raw=args.raw)
+    prompts = [gen.prompt(p, args.input) for p in args.prompt]
+    for prompt, answer in zip(args.prompt, gen.generate(prompts, args.max_new_tokens), strict=True):
+        print(json.dumps({"model": gen.mode, "prompt": prompt, "answer": answer}) if args.json else answer)
+    return 0
+
+
+def _add_generate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    p.add_argument("--prompt", action="append", required=True, help="a prompt (repeat for a batch)")
+    p.add_argument("--input", default="", help="the input field of the run's template (e.g. a sentence to classify)")
+    p.add_argument("--model", choices=("proxy", "small", "large"), help="FedPT: proxy (default), small or large")
+    p.add_argument("--alpha", type=float, help="FedPT: the proxy strength (default: the run's algorithm.alpha)")
+    p.add_argument("--round", type=int, help="use adapters/round_NNNN instead of the final adapter")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--raw", action="store_true", help="use the prompt as given, not rendered with the run's template")
+    p.add_argument("--json", action="store_true", help="one JSON object per answer")
+
+
 def cmd_deploy(args: argparse.Namespace) -> int:
     """Flower deployment: certificates, a loopback run, or the SuperLink / a SuperNode of a multi-machine one."""
     if args.deploy_command == "certs":
@@ -255,6 +278,11 @@ COMMANDS: dict[
     "finetune": (cmd_finetune, "centralized PEFT fine-tuning of a recipe", _add_recipe_args),
     "report": (cmd_report, "HTML/PNG report of a run, or a comparison of several", _add_report_args),
     "export": (cmd_export, "export a run's adapter (HF PEFT format) or the merged model", _add_export_args),
+    "generate": (
+        cmd_generate,
+        "answer prompts with a run's model (FedPT: the proxy-tuned large one)",
+        _add_generate_args,
+    ),
     "deploy": (cmd_deploy, "run on Flower's deployment engine (SuperLink + SuperNodes, TLS, auth)", _add_deploy_args),
     "models": (cmd_models, "list model short names and their state, or fetch one into the cache", _add_models_args),
 }

@@ -153,3 +153,38 @@ def test_fedpt_resumes_after_a_crash_to_the_same_result(job, monkeypatch):
     a, b = adapter(whole), adapter(resumed)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert lines(resumed, "eval")[-1] == {**lines(whole, "eval")[-1], "time": lines(resumed, "eval")[-1]["time"]}
+
+
+def test_generate_answers_with_the_proxy_tuned_model_of_a_run(job, capsys):
+    from fedpeft.cli import main
+    from fedpeft.runtime.generate import load_generator
+    from fedpeft.training.evaluate import generate
+
+    run = run_federated(job(federation={**FED, "rounds": 1}, server=SERVER, algorithm=PT), quiet=True).path
+    assert (run / "adapter" / "expert" / "adapter_model.safetensors").is_file()  # the proxy's expert is saved
+    proxy, large = load_generator(run), load_generator(run, "large")
+    assert proxy.mode == "proxy"
+    prompts = [proxy.prompt("", "a gorgeous , witty film"), proxy.prompt("", "dull and lifeless")]
+    assert prompts[1] == "Review: dull and lifeless\nSentiment:"  # rendered with the run's template (sst2's)
+    # alpha = 0 leaves the large model alone: its answers are the untuned large model's, token for token
+    plain = load_generator(run, alpha=0.0)
+    assert plain.generate(prompts, 6) == large.generate(prompts, 6)
+    from fedpeft.models import load_model
+
+    reference = generate(load_model("tiny-large"), large.tokenizer, prompts, 6)
+    assert large.generate(prompts, 6) == reference
+    # the run's expert moved the proxy away from the large model
+    small = load_generator(run, "small")
+    ids = proxy.tokenizer(prompts[:1], return_tensors="pt")["input_ids"]
+    mask = torch.ones_like(ids)
+    assert not torch.allclose(proxy.model(ids, mask).logits, large.model(ids, mask).logits)
+    # the small model answers too, and the CLI prints one JSON object per prompt
+    assert len(small.generate(prompts, 4)) == 2
+    assert main(["generate", str(run), "--prompt", "", "--input", "dull", "--json", "--max-new-tokens", "3"]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed["model"] == "proxy" and isinstance(printed["answer"], str)
+    # a run of another algorithm has no proxy
+    other = run_federated(job(federation={**FED, "rounds": 1, "algorithm": "fedavg"}), quiet=True).path
+    with pytest.raises(ConfigError, match="--model"):
+        load_generator(other, "proxy")
+    assert load_generator(other).mode == "small"

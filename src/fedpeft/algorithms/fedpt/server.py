@@ -41,6 +41,10 @@ if TYPE_CHECKING:
     from fedpeft.config import RunConfig
 
 
+#: The sub-folder of a FedPT run's adapter folders holding the proxy's expert adapter.
+EXPERT_FOLDER = "expert"
+
+
 def proxy_model(large: LogitSource, expert: LogitSource, antiexpert: LogitSource, alpha: float) -> LogitSum:
     """The proxy-tuned large model: ``z_L + alpha * (z_E - z_A)``."""
     return LogitSum([(1.0, large), (alpha, expert), (-alpha, antiexpert)])
@@ -158,6 +162,12 @@ class FedPT(FedAvg):
                 self.large_metrics = eval_set.evaluate_model(LogitSum([(1.0, self.large)]))
             out.update({f"large_{k}": v for k, v in self.large_metrics.items()})
         return out
+
+    def adapters(self) -> dict[str, State]:
+        """The small model's global adapter (what the clients start from) and, in ``expert/``, the adapter the
+        proxy-tuned large model uses as its expert (the aggregate before distillation): ``fedpeft generate`` rebuilds
+        the proxy-tuned model from the run directory with it."""
+        return {"": self.state, EXPERT_FOLDER: self.expert_state}
 
     def results(self) -> dict[str, Any]:
         out = super().results()
