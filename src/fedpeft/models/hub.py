@@ -16,6 +16,7 @@ from typing import Protocol
 import torch
 
 from fedpeft.errors import ConfigError
+from fedpeft.models.derive import DerivedModel
 from fedpeft.models.fetch import SMOLLM2_135M
 from fedpeft.registry import MODELS, register_model
 
@@ -83,6 +84,19 @@ register_model(
         None,
         "SmolLM2-135M-Instruct (Llama, 134.5M params, chat template), fetched once into the user cache",
         fetcher=SMOLLM2_135M,
+    )
+)
+
+
+#: FedPT's real pair: a small model that shares smollm2-135m's vocabulary, cut from it (6 of its 30 layers, evenly
+#: spaced: the lowest KL to the parent among the cuts probed before distillation) and distilled into it briefly.
+SMOLLM2_6L = DerivedModel("smollm2-6l", SMOLLM2_135M.name, (0, 6, 12, 18, 24, 29), steps=300, lr=5e-4)
+register_model(
+    ModelSpec(
+        SMOLLM2_6L.name,
+        None,
+        "6 of smollm2-135m's 30 layers (49.6M params, same vocabulary), distilled into it; built once into the cache",
+        fetcher=SMOLLM2_6L,
     )
 )
 
