@@ -76,6 +76,23 @@ def test_distillation_matches_a_hand_computation(tau):
     assert float(response.detach()) == pytest.approx(tau**2 * hand_kl(t[0], s[0], tau), rel=1e-6)  # only position 0
 
 
+@pytest.mark.parametrize("tau", [1.0, 2.0])
+def test_distillation_at_the_last_prompt_position_only(tau):
+    """positions='last': the position prompt_length - 1 of each row (its logits predict the answer's first token)."""
+    batch = {**tiny_batch(), "prompt_length": torch.tensor([2])}
+    student = FixedLogits(STUDENT)
+    s, t = STUDENT[0].tolist(), TEACHER[0].tolist()
+    last = distillation_loss(lambda b: TEACHER, temperature=tau, positions="last")(student, batch)
+    assert float(last.detach()) == pytest.approx(tau**2 * hand_kl(t[1], s[1], tau), rel=1e-6)
+    two_rows = {k: torch.cat([v, v]) for k, v in batch.items()}
+    two_rows["prompt_length"] = torch.tensor([2, 1])
+    both = distillation_loss(lambda b: TEACHER.expand(2, 3, 4), temperature=tau, positions="last")(
+        FixedLogits(STUDENT.expand(2, 3, 4)), two_rows
+    )
+    expected = tau**2 * (hand_kl(t[1], s[1], tau) + hand_kl(t[0], s[0], tau)) / 2
+    assert float(both.detach()) == pytest.approx(expected, rel=1e-6)
+
+
 def test_distillation_is_zero_for_the_same_logits_and_positive_otherwise():
     batch = tiny_batch()
     student = FixedLogits(STUDENT)
