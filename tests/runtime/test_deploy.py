@@ -168,7 +168,11 @@ def test_deploy_config_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
 
 # ------------------------------------------------------------------------------------------------ end to end
 def _job(
-    tmp_path: Path, dataset: str = "sst2", algorithm_table: dict[str, Any] | None = None, **federation: Any
+    tmp_path: Path,
+    dataset: str = "sst2",
+    algorithm_table: dict[str, Any] | None = None,
+    server: dict[str, Any] | None = None,
+    **federation: Any,
 ) -> RunConfig:
     """tiny-small on SST-2, 3 clients, 1 local step per round, top-k uplink (clients keep error-feedback state)."""
     return from_dict(
@@ -184,6 +188,7 @@ def _job(
             "federation": {"num_clients": 3, "rounds": 4, "timeout": 30.0, **federation},
             "comm": {"up": "topk", "topk_ratio": 0.5},
             "algorithm": algorithm_table or {},
+            "server": server or {},
         },
     )
 
@@ -535,3 +540,27 @@ def test_fedhds_on_deploy_matches_local(tmp_path: Path) -> None:
         **s_local["fedhds"],
         **{k: s_dep["fedhds"][k] for k in ("select_seconds", "train_seconds")},
     }
+
+
+def test_fedpt_on_deploy_matches_local(tmp_path: Path) -> None:
+    """FedPT over the deployment: the nodes train the small model only; the SuperLink's server app holds the large
+    model, proxy-tunes it and distills it into the aggregate; the same adapters (global and expert), metrics and
+    bytes as a `local` run of the same config (one torch thread on both sides)."""
+    server = {
+        "same_vocab": ["client", "large"],
+        "models": {"large": "tiny-large"},
+        "data": {"dataset": "sst2", "split": "test", "limit": 32},
+    }
+    pt = {"distill_steps": 2, "distill_batch": 8, "distill_positions": "last"}
+    job = {"algorithm_table": pt, "algorithm": "fedpt", "rounds": 2, "server": server}
+    dep, local = _deploy_and_local(tmp_path, job)
+    for folder in ("adapter", "adapter/expert"):
+        want, got = (load_file(p / folder / "adapter_model.safetensors") for p in (local, dep))
+        assert got.keys() == want.keys() and want
+        for key, value in want.items():
+            assert torch.allclose(got[key], value, atol=1e-6), (folder, key)
+    s_local, s_dep = (json.loads((p / "summary.json").read_text()) for p in (local, dep))
+    assert s_dep["bytes_by_kind"] == s_local["bytes_by_kind"] == {"adapter": s_local["bytes_by_kind"]["adapter"]}
+    assert s_dep["fedpt"]["large"] == s_local["fedpt"]["large"]
+    assert s_dep["fedpt"]["proxy"]["accuracy"] == pytest.approx(s_local["fedpt"]["proxy"]["accuracy"], abs=1 / 48)
+    assert s_dep["device_budget"]["max"]["params_held"] == s_local["device_budget"]["max"]["params_held"]
