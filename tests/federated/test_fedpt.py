@@ -164,25 +164,35 @@ def test_generate_answers_with_the_proxy_tuned_model_of_a_run(job, capsys):
     assert (run / "adapter" / "expert" / "adapter_model.safetensors").is_file()  # the proxy's expert is saved
     proxy, large = load_generator(run), load_generator(run, "large")
     assert proxy.mode == "proxy"
-    prompts = [proxy.prompt("", "a gorgeous , witty film"), proxy.prompt("", "dull and lifeless")]
+    prompts = [proxy.prompt("a gorgeous , witty film"), proxy.prompt("", "dull and lifeless")]
     assert prompts[1] == "Review: dull and lifeless\nSentiment:"  # rendered with the run's template (sst2's)
-    # alpha = 0 leaves the large model alone: its answers are the untuned large model's, token for token
+    assert prompts[0] == "Review: a gorgeous , witty film\nSentiment:"  # classification: the text is the input
+    # a classification run answers with the label word scored highest after the prompt, as it was evaluated
+    assert set(proxy.generate(prompts)) <= {"negative", "positive"}
+    scores = proxy.scores(prompts)  # [2, 2]
+    words = proxy.word_ids
+    ids = proxy.tokenizer(prompts[1:], return_tensors="pt", add_special_tokens=False)["input_ids"]
+    z = proxy.model(ids, torch.ones_like(ids)).logits[0, -1]
+    assert torch.allclose(scores[1], z[words], atol=1e-5)
+    # alpha = 0 leaves the large model alone: its scores are the untuned large model's
     plain = load_generator(run, alpha=0.0)
-    assert plain.generate(prompts, 6) == large.generate(prompts, 6)
+    assert torch.allclose(plain.scores(prompts), large.scores(prompts))
     from fedpeft.models import load_model
 
+    # free generation goes through the proxy's KV-cached decoding: alpha 0 equals Hugging Face generate
     reference = generate(load_model("tiny-large"), large.tokenizer, prompts, 6)
-    assert large.generate(prompts, 6) == reference
+    assert generate(plain.model, plain.tokenizer, prompts, 6) == reference
     # the run's expert moved the proxy away from the large model
     small = load_generator(run, "small")
     ids = proxy.tokenizer(prompts[:1], return_tensors="pt")["input_ids"]
     mask = torch.ones_like(ids)
     assert not torch.allclose(proxy.model(ids, mask).logits, large.model(ids, mask).logits)
     # the small model answers too, and the CLI prints one JSON object per prompt
-    assert len(small.generate(prompts, 4)) == 2
-    assert main(["generate", str(run), "--prompt", "", "--input", "dull", "--json", "--max-new-tokens", "3"]) == 0
-    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert printed["model"] == "proxy" and isinstance(printed["answer"], str)
+    assert len(small.generate(prompts)) == 2
+    assert main(["generate", str(run), "--prompt", "dull", "--prompt", "fine", "--json"]) == 0
+    printed = [json.loads(x) for x in capsys.readouterr().out.strip().splitlines()[-2:]]
+    assert [p["prompt"] for p in printed] == ["dull", "fine"]
+    assert all(p["model"] == "proxy" and p["answer"] in ("negative", "positive") for p in printed)
     # a run of another algorithm has no proxy
     other = run_federated(job(federation={**FED, "rounds": 1, "algorithm": "fedavg"}), quiet=True).path
     with pytest.raises(ConfigError, match="--model"):
