@@ -184,7 +184,7 @@ def summarize(result: dict[str, Any]) -> None:
 def fmt(s: dict[str, Any], key: str, scale: float = 100.0, digits: int = 1) -> str:
     if key not in s:
         return "-"
-    m, sd = s[key]["mean"] * scale, s[key].get("sd")
+    m, sd = s[key]["mean"] * scale, s[key].get("std")
     return f"{m:.{digits}f}" + (f" ± {sd * scale:.{digits}f}" if sd is not None else "")
 
 
@@ -230,7 +230,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
         if key in s:
             bars.append(label)
             values.append(100 * s[key]["mean"])
-            errs.append(100 * (s[key].get("sd") or 0.0))
+            errs.append(100 * (s[key].get("std") or 0.0))
     ax1.barh(bars, values, xerr=errs, capsize=3)
     ax1.set_xlabel(f"{result.get('metric', 'metric')} (%), mean ± sd over seeds")
     ax1.set_xlim(left=min(values) - 5 if values else 0)
