@@ -542,10 +542,13 @@ def test_fedhds_on_deploy_matches_local(tmp_path: Path) -> None:
     }
 
 
-def test_fedpt_on_deploy_matches_local(tmp_path: Path) -> None:
+def test_fedpt_on_deploy_matches_local(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """FedPT over the deployment: the nodes train the small model only; the SuperLink's server app holds the large
     model, proxy-tunes it and distills it into the aggregate; the same adapters (global and expert), metrics and
     bytes as a `local` run of the same config (one torch thread on both sides)."""
+    # The server's distillation (AdamW) turns float-summation differences between thread counts into 1e-4 weight
+    # differences; the deployment's server app gets one thread like the local run's server (this process).
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
     server = {
         "same_vocab": ["client", "large"],
         "models": {"large": "tiny-large"},
