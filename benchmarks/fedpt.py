@@ -185,7 +185,7 @@ def fmt(s: dict[str, Any], key: str, scale: float = 100.0, digits: int = 1) -> s
     if key not in s:
         return "-"
     m, sd = s[key]["mean"] * scale, s[key].get("std")
-    return f"{m:.{digits}f}" + (f" ± {sd * scale:.{digits}f}" if sd is not None else "")
+    return f"{m:.{digits}f}" + (f" ± {sd * scale:.{digits}f}" if sd is not None and sd == sd else "")  # NaN: one seed
 
 
 def table(result: dict[str, Any]) -> str:
