@@ -32,3 +32,24 @@ def job(tmp_path: Path):
         return from_dict(RunConfig, small_job(tmp_path / "runs", **tables))
 
     return build
+
+
+def crash_and_resume(algorithm: type, make_cfg: Any, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
+    """Run ``make_cfg()`` whole, then again stopped inside round 2 (``KeyboardInterrupt`` from ``fit_round``) and
+    resumed from its round-1 checkpoint; returns (whole run, resumed run) directories."""
+    from fedpeft.runtime import run_federated
+
+    whole = run_federated(make_cfg(), quiet=True).path
+    original = algorithm.fit_round
+
+    def stop_in_round_two(self: Any, rnd: int, grid: Any) -> Any:
+        if rnd == 2:
+            raise KeyboardInterrupt
+        return original(self, rnd, grid)
+
+    monkeypatch.setattr(algorithm, "fit_round", stop_in_round_two)
+    with pytest.raises(KeyboardInterrupt):
+        run_federated(make_cfg(), quiet=True)
+    monkeypatch.setattr(algorithm, "fit_round", original)
+    stopped = max((p for p in whole.parent.iterdir() if p != whole), key=lambda p: p.stat().st_mtime)
+    return whole, run_federated(resume=stopped, quiet=True).path

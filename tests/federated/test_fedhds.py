@@ -17,6 +17,8 @@ from fedpeft.errors import ConfigError
 from fedpeft.registry import COMPRESSORS
 from fedpeft.runtime import run_federated
 
+from .conftest import crash_and_resume
+
 FED = {
     "algorithm": "fedhds",
     "rounds": 2,
@@ -185,20 +187,7 @@ def test_fedhds_resumes_after_a_crash_to_the_same_result(job, monkeypatch):
     from fedpeft.algorithms.fedhds.server import FedHDS
 
     cfg = lambda: job(data=DATA, train=TRAIN, federation=FED, algorithm={**HDS, "select_every": 2})  # noqa: E731
-    whole = run_federated(cfg(), quiet=True).path
-    original = FedHDS.fit_round
-
-    def stop_in_round_two(self, rnd, grid):
-        if rnd == 2:
-            raise KeyboardInterrupt
-        return original(self, rnd, grid)
-
-    monkeypatch.setattr(FedHDS, "fit_round", stop_in_round_two)
-    with pytest.raises(KeyboardInterrupt):
-        run_federated(cfg(), quiet=True)
-    monkeypatch.setattr(FedHDS, "fit_round", original)
-    stopped = max((p for p in whole.parent.iterdir() if p != whole), key=lambda p: p.stat().st_mtime)
-    resumed = run_federated(resume=stopped, quiet=True).path
+    whole, resumed = crash_and_resume(FedHDS, cfg, monkeypatch)
     a, b = adapter(whole), adapter(resumed)
     assert all(torch.equal(a[k], b[k]) for k in a)
     strip = lambda run: [(t["round"], t["client"], t["num_examples"]) for t in lines(run, "client_train")]  # noqa: E731

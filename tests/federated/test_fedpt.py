@@ -14,6 +14,8 @@ from fedpeft.algorithms.fedpt.server import FedPT
 from fedpeft.errors import ConfigError
 from fedpeft.runtime import run_federated
 
+from .conftest import crash_and_resume
+
 FED = {"algorithm": "fedpt", "rounds": 2, "num_clients": 3, "alpha": 1.0, "min_partition_size": 4}
 SERVER = {
     "same_vocab": ["client", "large"],
@@ -136,20 +138,7 @@ def test_fedpt_resumes_after_a_crash_to_the_same_result(job, monkeypatch):
     """Stopped inside round 2, resumed from the round-1 checkpoint: the distillation optimizer, the expert adapter
     and the cached large-model metrics come back, and the run ends bit-identical to the uninterrupted one."""
     cfg = lambda: job(federation=FED, server=SERVER, algorithm=PT)  # noqa: E731
-    whole = run_federated(cfg(), quiet=True).path
-    original = FedPT.fit_round
-
-    def stop_in_round_two(self, rnd, grid):
-        if rnd == 2:
-            raise KeyboardInterrupt
-        return original(self, rnd, grid)
-
-    monkeypatch.setattr(FedPT, "fit_round", stop_in_round_two)
-    with pytest.raises(KeyboardInterrupt):
-        run_federated(cfg(), quiet=True)
-    monkeypatch.setattr(FedPT, "fit_round", original)
-    stopped = max((p for p in whole.parent.iterdir() if p != whole), key=lambda p: p.stat().st_mtime)
-    resumed = run_federated(resume=stopped, quiet=True).path
+    whole, resumed = crash_and_resume(FedPT, cfg, monkeypatch)
     a, b = adapter(whole), adapter(resumed)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert lines(resumed, "eval")[-1] == {**lines(whole, "eval")[-1], "time": lines(resumed, "eval")[-1]["time"]}
