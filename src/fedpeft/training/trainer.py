@@ -151,17 +151,32 @@ class Trainer:
         scaled.backward()  # the real backward, never under the counter
         return float(value.detach())
 
-    def apply(self) -> None:
+    def grad_sq_norm(self) -> float:
+        """The squared L2 norm of the accumulated gradients (parameters without a gradient count 0)."""
+        grads = [p.grad.detach().double() for p in self.params if p.grad is not None]
+        return float(sum((g * g).sum() for g in grads)) if grads else 0.0
+
+    def apply(self, other_sq_norm: float | None = None) -> None:
         """One optimizer update from the accumulated gradients, then clear them.
 
         Order (kept bit-identical to the loop before this class existed): learning rate of this step, gradient
         clipping to ``cfg.max_grad_norm`` (0 disables), AdamW step, the adapter's per-step hook (AdaLoRA rank
         reallocation), gradients set to None.
+
+        ``other_sq_norm``: the squared gradient norm of parameters trained elsewhere in the same step (split
+        learning: the other side's :meth:`grad_sq_norm`). Clipping then uses the joint norm
+        ``sqrt(own^2 + other^2)``, so that both sides scale their gradients exactly as one model's clipping would.
         """
         cfg = self.cfg
         for group in self.optimizer.param_groups:
             group["lr"] = cfg.lr * lr_factor(self.step_count, cfg.steps, cfg.warmup_steps, cfg.schedule)
-        if cfg.max_grad_norm > 0:
+        if cfg.max_grad_norm > 0 and other_sq_norm is not None:
+            total = math.sqrt(self.grad_sq_norm() + other_sq_norm)
+            coef = min(1.0, cfg.max_grad_norm / (total + 1e-6))  # torch's clip_grad_norm_ rule
+            for p in self.params:
+                if p.grad is not None:
+                    p.grad.mul_(coef)
+        elif cfg.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
         self.optimizer.step()
         adapter_after_step(self.model, self.step_count)  # a no-op for every method but AdaLoRA
@@ -193,11 +208,13 @@ class Trainer:
         self._output = output
         return output
 
-    def backward_from(self, grad: Tensor, output: Tensor | None = None) -> None:
+    def backward_from(self, grad: Tensor, output: Tensor | None = None, *, scale: bool = True) -> None:
         """Backpropagate ``grad`` = d loss / d ``output`` into the trainable parameters (gradients accumulate).
 
         ``output`` defaults to the last :meth:`forward` output, whose graph is released afterwards. Like
-        :meth:`accumulate`, the gradient is divided by ``cfg.grad_accum``; then call :meth:`apply`. Nothing happens
+        :meth:`accumulate`, the gradient is divided by ``cfg.grad_accum`` (``scale=False``: ``grad`` is already
+        d (loss / grad_accum) / d output, e.g. computed by a :meth:`accumulate` on the other side); then call
+        :meth:`apply`. Nothing happens
         when ``output`` does not depend on a trainable parameter.
         """
         out = output if output is not None else self._output
@@ -206,7 +223,7 @@ class Trainer:
         if grad.shape != out.shape:
             raise ValueError(f"gradient shape {tuple(grad.shape)} does not match the output's {tuple(out.shape)}")
         if out.requires_grad:  # else no trainable parameter lies below it (e.g. cut 0: frozen embeddings only)
-            out.backward(grad.to(device=out.device, dtype=out.dtype) / self.cfg.grad_accum)
+            out.backward(grad.to(device=out.device, dtype=out.dtype) / (self.cfg.grad_accum if scale else 1))
         if output is None:
             self._output = None
 
