@@ -50,6 +50,37 @@ def test_one_client_split_training_equals_unsplit_lora(job, cut):
     assert all(r["cut"] == cut for r in b)
 
 
+def test_u_shaped_split_equals_unsplit_and_the_server_never_sees_labels(job, monkeypatch):
+    """The head and the labels stay on the client: the server runs only the middle layers and receives
+    activations, masks and gradients, never labels, label words or outputs; still FedAvg's adapter."""
+    seen: set[str] = set()
+    original = FedsLLM.exchange
+
+    def spy(self, rnd, grid, msgs, key):
+        replies = original(self, rnd, grid, msgs, key)
+        seen.update(k for r in replies for k in r.msg.arrays)
+        return replies
+
+    monkeypatch.setattr(FedsLLM, "exchange", spy)
+    train = {"steps": 3, "grad_accum": 2, "max_grad_norm": 0.05}
+    unsplit = run_federated(job(federation=ONE, adapter=ADAPTER, train=train), quiet=True).path
+    split = run_federated(
+        job(
+            federation={**ONE, "algorithm": "fedsllm"},
+            adapter=ADAPTER,
+            train=train,
+            algorithm={"cut": 1, "u_shaped": True},
+        ),
+        quiet=True,
+    ).path
+    assert_close(adapter(unsplit), adapter(split))
+    a, b = lines(unsplit, "round"), lines(split, "round")
+    assert [r["train_loss"] for r in b] == pytest.approx([r["train_loss"] for r in a], abs=1e-5)
+    assert seen == {"hidden", "attention_mask", "grad"}
+    kinds = json.loads((split / "summary.json").read_text())["bytes_by_kind"]
+    assert kinds["activations"]["down"] == kinds["gradients"]["up"] > 0  # the middle's output and its gradient
+
+
 THREE = {"num_clients": 4, "fraction": 0.75, "rounds": 2, "min_partition_size": 4}
 SPLIT = {**THREE, "algorithm": "fedsllm"}
 
@@ -128,10 +159,11 @@ def test_fedsllm_resumes_after_a_crash_to_the_same_result(job, monkeypatch):
 
 
 @pytest.mark.slow
-def test_local_and_flower_sim_agree(job):
+@pytest.mark.parametrize("u_shaped", [False, True])
+def test_local_and_flower_sim_agree(job, u_shaped):
     """On Flower every micro-batch is a message through the SuperLink and a client keeps nothing but its
     ``context.state`` between them: the same adapter as the local runtime."""
-    cfg = lambda: job(federation=SPLIT, adapter=ADAPTER, algorithm={"cut": 2})  # noqa: E731
+    cfg = lambda: job(federation=SPLIT, adapter=ADAPTER, algorithm={"cut": 2, "u_shaped": u_shaped})  # noqa: E731
     local = run_federated(cfg(), quiet=True).path
     sim = run_federated(cfg(), runtime="flower-sim", quiet=True).path
     assert_close(adapter(local), adapter(sim), tol=1e-5)

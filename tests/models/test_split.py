@@ -18,7 +18,14 @@ from fedpeft.adapters import AdapterConfig, attach_adapter
 from fedpeft.data import collate
 from fedpeft.errors import ConfigError, UnsupportedModelError
 from fedpeft.models import load_model
-from fedpeft.models.split import SUPPORTED_MODEL_TYPES, forward_bottom, forward_top, num_layers, split_loss
+from fedpeft.models.split import (
+    SUPPORTED_MODEL_TYPES,
+    forward_bottom,
+    forward_middle,
+    forward_top,
+    num_layers,
+    split_loss,
+)
 from fedpeft.training.loop import TrainConfig
 from fedpeft.training.losses import lm_loss
 from fedpeft.training.trainer import Trainer
@@ -84,6 +91,20 @@ def test_bottom_then_top_equals_full_forward(model, cut):
     # the module lists are back: the full forward is unchanged afterwards
     assert num_layers(model) == 4
     torch.testing.assert_close(full_loss_and_grads(model, batch)[0].loss, full.loss, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("cut", [0, 1, 3])
+def test_u_shaped_bottom_middle_head_equals_full_forward(model, cut):
+    """U-shaped split: bottom to ``cut``, middle [cut, L) without the norm, head (norm + LM head) from L."""
+    batch = padded_batch()
+    full, want = full_loss_and_grads(model, batch)
+    hidden = forward_bottom(model, batch["input_ids"], batch["attention_mask"], cut)
+    middle = forward_middle(model, hidden, batch["attention_mask"], cut, num_layers(model))  # [B, T, H]
+    assert middle.shape == hidden.shape
+    out = forward_top(model, middle, batch["attention_mask"], num_layers(model), labels=batch["labels"])
+    torch.testing.assert_close(out.loss, full.loss, rtol=1e-6, atol=0)
+    got = torch.autograd.grad(out.loss, [p for _, p in trainable(model)])
+    assert_grads_close(dict(zip(want, got, strict=True)), want)
 
 
 @pytest.mark.parametrize("cut", [0, 2, 4])

@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from fedpeft.errors import ConfigError, UnsupportedModelError
 
-__all__ = ["SUPPORTED_MODEL_TYPES", "forward_bottom", "forward_top", "num_layers", "split_loss"]
+__all__ = ["SUPPORTED_MODEL_TYPES", "forward_bottom", "forward_middle", "forward_top", "num_layers", "split_loss"]
 
 #: Hugging Face ``model_type`` values whose forward was checked to be exact when split this way: rotary positions,
 #: embeddings used as given, layers independent of their index apart from ``config.layer_types`` (cut along).
@@ -125,6 +125,19 @@ def forward_bottom(
     _check_cut(base, cut)
     with _layers_cut(base, 0, cut, drop_norm=True):
         out = base.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **kwargs)
+    return out.last_hidden_state  # [B, T, H]
+
+
+def forward_middle(
+    model: nn.Module, hidden: Tensor, attention_mask: Tensor | None, start: int, stop: int, **kwargs: Any
+) -> Tensor:
+    """Decoder layers [start, stop) on hidden states [B, T, H] (no final norm): the middle of a U-shaped split,
+    whose bottom (:func:`forward_bottom` to ``start``) and head (:func:`forward_top` from ``L``) run elsewhere."""
+    base = _causal_lm(model)
+    _check_cut(base, start)
+    _check_cut(base, stop)
+    with _layers_cut(base, start, stop, drop_norm=True):
+        out = base.model(inputs_embeds=hidden, attention_mask=attention_mask, use_cache=False, **kwargs)
     return out.last_hidden_state  # [B, T, H]
 
 

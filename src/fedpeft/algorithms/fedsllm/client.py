@@ -5,6 +5,9 @@ micro-batch with the main server.
   generator and order as FedAvg's local training), runs micro-batch 0 through its layers and replies with the
   activations at the cut [B, T, H] (kind ``activations``) and the batch fields the loss needs (kind ``batch``:
   mask, labels, prompt lengths; the token ids stay here).
+- ``train.split_head`` (U-shaped split only): the main server's output [B, T, H] for micro-batch j comes down;
+  the client runs the final norm, the head and the loss on it (the labels never leave), keeps the head's
+  gradients in its state and replies with the gradient at the server's output (kind ``gradients``) and the loss.
 - ``train.split_step``: the gradient at the cut for micro-batch j comes back (kind ``gradients``). The client
   recomputes micro-batch j's forward (no autograd graph is kept between messages: on Flower a message may run in
   another worker, so everything that must survive is in ``ctx.state``), backpropagates, and at the end of an
@@ -28,15 +31,15 @@ from torch import Tensor
 from fedpeft.adapters import adapter_state, load_adapter_state
 from fedpeft.algorithms.aggregation import State, state_sub
 from fedpeft.algorithms.base import ClientApp, ClientContext, Msg, derive_seed
-from fedpeft.algorithms.fedsllm.split import BATCH_KEYS, bottom_params, partition
+from fedpeft.algorithms.fedsllm.split import BATCH_KEYS, bottom_params, partition, top_loss
 from fedpeft.algorithms.local_training import round_train_config
-from fedpeft.models.split import forward_bottom
+from fedpeft.models.split import forward_bottom, num_layers
 from fedpeft.training.loop import sample_indices
 from fedpeft.training.trainer import Trainer, autocast_context
 
 app = ClientApp("fedsllm")
 
-START, STEP = "train.split_start", "train.split_step"
+START, HEAD, STEP = "train.split_start", "train.split_head", "train.split_step"
 PREFIX = "fedsllm/"
 RECEIVED, ADAPTER, GRADS, OPT = f"{PREFIX}received/", f"{PREFIX}adapter/", f"{PREFIX}grad/", f"{PREFIX}opt/"
 SECONDS = f"{PREFIX}seconds"  # the client's compute time in this round so far
@@ -79,28 +82,37 @@ def _seed(ctx: ClientContext, rnd: int, j: int) -> int:
     return derive_seed(ctx.cfg.seed, rnd, ctx.client_id, "split", j)
 
 
+def _u_shaped(msg: Msg) -> bool:
+    return bool(msg.config.get("u_shaped", False))
+
+
 def _activations_reply(
-    ctx: ClientContext, trainer: Trainer, rnd: int, cut: int, j: int, batches: list[list[int]]
+    ctx: ClientContext, trainer: Trainer, msg: Msg, j: int, batches: list[list[int]]
 ) -> tuple[dict[str, Tensor], dict[str, str]]:
-    """Micro-batch j through the client's layers: the arrays (activations + loss fields) and their kinds."""
+    """Micro-batch j through the client's layers: the arrays (activations + the fields the server's loss needs;
+    only the mask in a U-shaped split) and their kinds."""
+    rnd, cut = int(msg.config["round"]), int(msg.config["cut"])
     batch = ctx.data.collate([ctx.data.train[i] for i in batches[j]])
     hidden = _bottom(ctx, trainer, batch, cut, _seed(ctx, rnd, j), graph=False)  # no graph kept: recomputed later
     arrays = {"hidden": hidden}  # [B, T, H]
-    arrays.update({k: batch[k] for k in BATCH_KEYS if k in batch})
+    sent = ("attention_mask",) if _u_shaped(msg) else BATCH_KEYS
+    arrays.update({k: batch[k] for k in sent if k in batch})
     kinds = {k: "batch" for k in arrays}
     kinds["hidden"] = "activations"
     return arrays, kinds
 
 
 def _trainer(ctx: ClientContext, msg: Msg) -> Trainer:
-    trainable, held = bottom_params(ctx.model, int(msg.config["cut"]))  # what a device of this split must hold
+    trainable, held = bottom_params(
+        ctx.model, int(msg.config["cut"]), _u_shaped(msg)
+    )  # what a device of this split must hold
     ctx.cost.update(trainable_params=float(trainable), params_held=float(held))
     cfg = round_train_config(ctx, msg)
     return Trainer(ctx.model, cfg, word_ids=ctx.data.word_ids)
 
 
-def _save(ctx: ClientContext, trainer: Trainer, cut: int) -> None:
-    client, _ = partition(adapter_state(ctx.model), cut)
+def _save(ctx: ClientContext, trainer: Trainer, msg: Msg) -> None:
+    client, _ = partition(adapter_state(ctx.model), int(msg.config["cut"]), _u_shaped(msg))
     for k in [k for k in ctx.state if k.startswith((ADAPTER, GRADS, OPT))]:
         del ctx.state[k]
     ctx.state.update({ADAPTER + k: v.detach().clone() for k, v in client.items()})
@@ -127,27 +139,47 @@ def _load(ctx: ClientContext, trainer: Trainer) -> None:
 @app.on(START)
 def start_handler(ctx: ClientContext, msg: Msg) -> Msg:
     t0 = time.perf_counter()
-    rnd, cut = int(msg.config["round"]), int(msg.config["cut"])
+    rnd = int(msg.config["round"])
     for k in [k for k in ctx.state if k.startswith(PREFIX)]:
         del ctx.state[k]  # a new round: nothing of the last one is used
     received: State = dict(msg.arrays)
     load_adapter_state(ctx.model, {**adapter_state(ctx.model), **received})
     trainer = _trainer(ctx, msg)  # a fresh AdamW per round, as FedAvg's local training
     ctx.model.train()
-    arrays, kinds = _activations_reply(ctx, trainer, rnd, cut, 0, micro_batches(ctx, rnd, trainer.cfg))
+    arrays, kinds = _activations_reply(ctx, trainer, msg, 0, micro_batches(ctx, rnd, trainer.cfg))
     ctx.model.eval()
-    if ctx.data.word_ids is not None:
+    if ctx.data.word_ids is not None and not _u_shaped(msg):
         arrays["word_ids"], kinds["word_ids"] = ctx.data.word_ids, "batch"
     ctx.state.update({RECEIVED + k: v.detach().clone() for k, v in received.items()})
     ctx.state[SECONDS] = time.perf_counter() - t0
-    _save(ctx, trainer, cut)
+    _save(ctx, trainer, msg)
     return Msg(START, arrays=arrays, kinds=kinds)
+
+
+@app.on(HEAD)
+def head_handler(ctx: ClientContext, msg: Msg) -> Msg:
+    """U-shaped split: the head and the loss on the server's output for micro-batch j, on the client."""
+    t0 = time.perf_counter()
+    rnd, j = int(msg.config["round"]), int(msg.config["micro"])
+    trainer = _trainer(ctx, msg)
+    _load(ctx, trainer)
+    batch = ctx.data.collate([ctx.data.train[i] for i in micro_batches(ctx, rnd, trainer.cfg)[j]])
+    out = msg.arrays["hidden"].to(trainer.device).requires_grad_()  # [B, T, H]: layers [cut, L) done, no norm
+    layers = num_layers(ctx.model)
+    ctx.model.train()
+    loss = trainer.accumulate(batch, top_loss(trainer.loss, out, layers))  # norm + head + loss; head grads kept
+    ctx.model.eval()
+    ctx.state[SECONDS] = float(ctx.state.get(SECONDS, 0.0)) + time.perf_counter() - t0
+    _save(ctx, trainer, msg)
+    assert out.grad is not None
+    return Msg(HEAD, arrays={"grad": out.grad.detach()}, metrics={"loss": loss}, kinds={"grad": "gradients"})
 
 
 @app.on(STEP)
 def step_handler(ctx: ClientContext, msg: Msg) -> Msg:
     t0 = time.perf_counter()
-    rnd, cut, j = int(msg.config["round"]), int(msg.config["cut"]), int(msg.config["micro"])
+    rnd, j = int(msg.config["round"]), int(msg.config["micro"])
+    cut = int(msg.config["cut"])
     trainer = _trainer(ctx, msg)
     _load(ctx, trainer)
     cfg = trainer.cfg
@@ -161,13 +193,13 @@ def step_handler(ctx: ClientContext, msg: Msg) -> Msg:
         metrics["client_sq_norm"] = trainer.grad_sq_norm()
         trainer.apply(other_sq_norm=float(msg.config["server_sq_norm"]))
     if j + 1 < len(batches):
-        arrays, kinds = _activations_reply(ctx, trainer, rnd, cut, j + 1, batches)
+        arrays, kinds = _activations_reply(ctx, trainer, msg, j + 1, batches)
         ctx.model.eval()
         ctx.state[SECONDS] = float(ctx.state.get(SECONDS, 0.0)) + time.perf_counter() - t0
-        _save(ctx, trainer, cut)
+        _save(ctx, trainer, msg)
         return Msg(STEP, arrays=arrays, metrics=metrics, kinds=kinds)
     ctx.model.eval()
-    client, _ = partition(adapter_state(ctx.model), cut)
+    client, _ = partition(adapter_state(ctx.model), cut, _u_shaped(msg))
     update = state_sub(client, _substate(ctx.state, RECEIVED))
     seconds = float(ctx.state.get(SECONDS, 0.0)) + time.perf_counter() - t0
     for k in [k for k in ctx.state if k.startswith(PREFIX)]:
@@ -176,4 +208,4 @@ def step_handler(ctx: ClientContext, msg: Msg) -> Msg:
     return Msg(STEP, arrays=update, metrics=metrics)
 
 
-__all__ = ["START", "STEP", "app", "micro_batches"]
+__all__ = ["HEAD", "START", "STEP", "app", "micro_batches"]

@@ -14,6 +14,9 @@ class FedsLLMConfig(FedAvgConfig):
 
     ``cut``: the number of decoder layers on the clients (embeddings and layers [0, cut) with their adapter); the
     main server runs layers [cut, L), the final norm and the LM head with theirs. ``None``: the middle, L // 2.
+    ``u_shaped``: keep the final norm, the LM head and the labels on the clients (a U-shaped split): the main
+    server runs only layers [cut, L) and sees neither labels nor outputs; two exchanges per micro-batch instead of
+    one (the server's output down, its gradient up).
     ``plan``: a plan JSON written by ``fedpeft plan --json`` whose cut (and LoRA rank, which must equal
     ``adapter.r``) the run uses; exclusive with ``cut``.
     The FedAvg fields apply to both halves: the federated server averages the clients' client-side updates, the
@@ -21,6 +24,7 @@ class FedsLLMConfig(FedAvgConfig):
     """
 
     cut: int | None = None
+    u_shaped: bool = False
     plan: str | None = None
 
     def __post_init__(self) -> None:

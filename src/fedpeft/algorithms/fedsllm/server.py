@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import statistics
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -33,17 +34,17 @@ from torch import Tensor
 
 from fedpeft.adapters import adapter_state, attach_adapter, load_adapter_state
 from fedpeft.algorithms.aggregation import State, state_sub
-from fedpeft.algorithms.base import Accepted, Msg, Reply, ServerContext
+from fedpeft.algorithms.base import Accepted, Msg, Reply, Scalar, ServerContext
 from fedpeft.algorithms.fedavg.server import FedAvg
 from fedpeft.algorithms.fedsllm import client
 from fedpeft.algorithms.fedsllm.config import FedsLLMConfig
 from fedpeft.algorithms.fedsllm.split import BATCH_KEYS, partition, top_loss
 from fedpeft.errors import ConfigError
 from fedpeft.models import load_model
-from fedpeft.models.split import num_layers
+from fedpeft.models.split import forward_middle, num_layers
 from fedpeft.registry import register_algorithm
 from fedpeft.training.losses import make_loss
-from fedpeft.training.trainer import Trainer
+from fedpeft.training.trainer import Trainer, autocast_context
 
 if TYPE_CHECKING:
     from fedpeft.algorithms.base import Grid
@@ -78,6 +79,8 @@ class Slot:
     losses: list[float] = field(default_factory=list)  # one per micro-batch
     word_ids: Tensor | None = None
     seconds: float = 0.0  # main-server compute for this client
+    inputs: Tensor | None = None  # U-shaped: the activations of the current micro-batch (the middle recomputes)
+    mask: Tensor | None = None
 
 
 @register_algorithm("fedsllm")
@@ -104,64 +107,76 @@ class FedsLLM(FedAvg):
     def __init__(self, cfg: RunConfig, server: ServerContext) -> None:
         super().__init__(cfg, server)
         self.model = attach_adapter(load_model(cfg.model.name, cfg.model.dtype, server.device), cfg.adapter)
-        self.cut = resolve_cut(self.opts, num_layers(self.model), cfg.adapter.r)
-        self.client_keys = sorted(partition(self.state, self.cut)[0])
+        self.layers = num_layers(self.model)
+        self.cut = resolve_cut(self.opts, self.layers, cfg.adapter.r)
         self.slots: dict[int, Slot] = {}
 
     # ------------------------------------------------------------------ the round
     def fit_round(self, rnd: int, grid: Grid) -> dict[str, Any]:
         clients = self.sample_clients(rnd, grid.client_ids())
-        client_part, server_part = partition(self.state, self.cut)
+        client_part, server_part = partition(self.state, self.cut, self.opts.u_shaped)
         self.slots = {c: Slot(dict(server_part)) for c in clients}
-        base = {"round": rnd, "lr": self.client_lr(rnd), "cut": self.cut}
+        base: dict[str, Scalar] = {
+            "round": rnd,
+            "lr": self.client_lr(rnd),
+            "cut": self.cut,
+            "u_shaped": self.opts.u_shaped,
+        }
         micro = self.cfg.train.steps * self.cfg.train.grad_accum
-        server_s = 0.0
 
         msgs = [(c, Msg(client.START, dict(client_part), dict(base))) for c in clients]
-        replies = self.exchange(rnd, grid, msgs)
+        replies = self.exchange(rnd, grid, msgs, "hidden")
         accepted: list[Accepted] = []
         for j in range(micro):
-            t0 = time.perf_counter()
             for r in replies:
                 assert r.msg is not None
-                if j > 0 and "client_sq_norm" in r.msg.metrics:  # the client finished step j-1: so does its copy
+                if "client_sq_norm" in r.msg.metrics:  # the client finished an optimizer step: so does its copy
                     self.server_step(rnd, r.client_id, float(r.msg.metrics["client_sq_norm"]))
-            grads = {r.client_id: self.server_forward_backward(rnd, r.client_id, r.msg, j) for r in replies}  # type: ignore[arg-type]
-            server_s += time.perf_counter() - t0
+            config = {**base, "micro": j}
+            if self.opts.u_shaped:  # the middle's output down, its gradient up: the loss is computed on the client
+                outs = {r.client_id: self.middle_forward(r.client_id, r.msg) for r in replies}  # type: ignore[arg-type]
+                msgs = [
+                    (c, Msg(client.HEAD, {"hidden": h}, config, kinds={"hidden": "activations"}))
+                    for c, h in outs.items()
+                ]
+                replies = self.exchange(rnd, grid, msgs, "grad")
+                grads = {r.client_id: self.middle_backward(rnd, r.client_id, r.msg, j) for r in replies}  # type: ignore[arg-type]
+            else:
+                grads = {r.client_id: self.top_forward_backward(rnd, r.client_id, r.msg, j) for r in replies}  # type: ignore[arg-type]
             msgs = [
                 (
                     c,
                     Msg(
                         client.STEP,
                         {"grad": g},
-                        {**base, "micro": j, "server_sq_norm": self.slots[c].sq_norm},
+                        {**config, "server_sq_norm": self.slots[c].sq_norm},
                         kinds={"grad": "gradients"},
                     ),
                 )
                 for c, g in grads.items()
             ]
             if j + 1 < micro:
-                replies = self.exchange(rnd, grid, msgs)
+                replies = self.exchange(rnd, grid, msgs, "hidden")
             else:  # the last reply is the client-side update: validated like any FedAvg update
                 accepted = self.collect(rnd, grid, msgs, reference=lambda c: client_part)
         for a in accepted:  # the copies' last step
             if "client_sq_norm" in a.metrics:
                 self.server_step(rnd, a.client_id, float(a.metrics["client_sq_norm"]))
         info: dict[str, Any] = {"clients": [a.client_id for a in accepted], "sampled": clients, "cut": self.cut}
-        info["server_seconds"] = round(server_s, 3)
-        if not accepted:
-            return info
-        weights = [float(a.num_examples) for a in accepted]
-        losses = [sum(self.slots[a.client_id].losses) / len(self.slots[a.client_id].losses) for a in accepted]
-        info["train_loss"] = sum(w * x for w, x in zip(weights, losses, strict=True)) / sum(weights)
-        client_delta = self.combine([a.arrays for a in accepted], weights)  # the federated server
-        server_delta = self.combine([state_sub(self.slots[a.client_id].state, server_part) for a in accepted], weights)
-        self.state = self.optimizer.step(self.state, {**client_delta, **server_delta})
+        info["server_seconds"] = round(sum(s.seconds for s in self.slots.values()), 3)
+        if accepted:
+            weights = [float(a.num_examples) for a in accepted]
+            losses = [statistics.fmean(self.slots[a.client_id].losses) for a in accepted]
+            info["train_loss"] = sum(w * x for w, x in zip(weights, losses, strict=True)) / sum(weights)
+            client_delta = self.combine([a.arrays for a in accepted], weights)  # the federated server
+            copies = [state_sub(self.slots[a.client_id].state, server_part) for a in accepted]
+            self.state = self.optimizer.step(self.state, {**client_delta, **self.combine(copies, weights)})
         self.slots = {}
         return info
 
-    def exchange(self, rnd: int, grid: Grid, msgs: list[tuple[int, Msg]]) -> list[Reply]:
-        """One lockstep exchange; failed clients and malformed activations drop the client from the round."""
+    def exchange(self, rnd: int, grid: Grid, msgs: list[tuple[int, Msg]], key: str) -> list[Reply]:
+        """One lockstep exchange; failed clients and malformed replies (``key``'s tensor) drop the client from the
+        round (its copy discarded)."""
         replies = grid.send_and_receive(msgs, round=rnd, timeout=self.cfg.federation.timeout)
         kept = []
         for r in replies:
@@ -170,7 +185,9 @@ class FedsLLM(FedAvg):
                 self.slots.pop(r.client_id, None)
                 continue
             assert r.msg is not None
-            problem = self.check_activations(r.msg.arrays)
+            if key == "grad" and "loss" in r.msg.metrics:
+                self.slots[r.client_id].losses.append(float(r.msg.metrics["loss"]))
+            problem = self.check_reply(r.msg.arrays, key, self.slots[r.client_id])
             if problem is not None:
                 self.server.log("rejected", round=rnd, client=r.client_id, reason=problem)
                 self.slots.pop(r.client_id, None)
@@ -178,18 +195,23 @@ class FedsLLM(FedAvg):
             kept.append(r)
         return kept
 
-    def check_activations(self, arrays: Mapping[str, Tensor]) -> str | None:
-        """Why a client's activations cannot be used (None when they can): shape, dtype, finiteness."""
-        hidden, mask = arrays.get("hidden"), arrays.get("attention_mask")
-        size = self.model.config.hidden_size  # type: ignore[union-attr]
-        if hidden is None or mask is None:
-            return "activations or attention mask missing"
-        if hidden.dim() != 3 or hidden.shape[-1] != size or not hidden.is_floating_point():
-            return f"activations must be floating [B, T, {size}]; got {hidden.dtype} {tuple(hidden.shape)}"
-        if tuple(mask.shape) != tuple(hidden.shape[:2]):
-            return f"attention mask {tuple(mask.shape)} does not match activations {tuple(hidden.shape)}"
-        if not bool(torch.isfinite(hidden).all()):
-            return "activations are not finite"
+    def check_reply(self, arrays: Mapping[str, Tensor], key: str, slot: Slot) -> str | None:
+        """Why a client's activations (``hidden``) or gradient (``grad``) cannot be used; None when they can."""
+        value, size = arrays.get(key), self.model.config.hidden_size  # type: ignore[union-attr]
+        if value is None:
+            return f"{key} missing"
+        if value.dim() != 3 or value.shape[-1] != size or not value.is_floating_point():
+            return f"{key} must be floating [B, T, {size}]; got {value.dtype} {tuple(value.shape)}"
+        if key == "hidden":
+            mask = arrays.get("attention_mask")
+            if mask is None or tuple(mask.shape) != tuple(value.shape[:2]):
+                return (
+                    f"attention mask {None if mask is None else tuple(mask.shape)} does not match {tuple(value.shape)}"
+                )
+        elif slot.inputs is None or value.shape != slot.inputs.shape:
+            return f"gradient {tuple(value.shape)} does not match the output sent"
+        if not bool(torch.isfinite(value).all()):
+            return f"{key} is not finite"
         return None
 
     # ------------------------------------------------------------------ the main server's half
@@ -204,7 +226,8 @@ class FedsLLM(FedAvg):
         return trainer
 
     def save(self, slot: Slot, trainer: Trainer) -> None:
-        _, slot.state = partition({k: v.detach().clone() for k, v in adapter_state(self.model).items()}, self.cut)
+        state = {k: v.detach().clone() for k, v in adapter_state(self.model).items()}
+        _, slot.state = partition(state, self.cut, self.opts.u_shaped)
         slot.opt = trainer.state_dict("opt/")
         slot.grads = {
             n: p.grad.detach().clone()
@@ -212,7 +235,7 @@ class FedsLLM(FedAvg):
             if p.grad is not None
         }
 
-    def server_forward_backward(self, rnd: int, cid: int, msg: Msg, j: int) -> Tensor:
+    def top_forward_backward(self, rnd: int, cid: int, msg: Msg, j: int) -> Tensor:
         """Micro-batch j of client ``cid`` on the top half: loss, backward into the copy; the gradient at the cut."""
         slot = self.slots[cid]
         t0 = time.perf_counter()
@@ -231,6 +254,38 @@ class FedsLLM(FedAvg):
         slot.seconds += time.perf_counter() - t0
         assert hidden.grad is not None
         return hidden.grad.detach()  # d (loss / grad_accum) / d hidden
+
+    def middle_forward(self, cid: int, msg: Msg) -> Tensor:
+        """U-shaped: layers [cut, L) on client ``cid``'s activations, without autograd (recomputed for backward)."""
+        slot = self.slots[cid]
+        t0 = time.perf_counter()
+        slot.inputs, slot.mask = msg.arrays["hidden"], msg.arrays["attention_mask"].to(self.server.device)
+        load_adapter_state(self.model, {**adapter_state(self.model), **slot.state})
+        self.model.train()
+        with torch.no_grad(), autocast_context(self.server.device, self.cfg.train.precision):
+            out = forward_middle(self.model, slot.inputs.to(self.server.device), slot.mask, self.cut, self.layers)
+        self.model.eval()
+        slot.seconds += time.perf_counter() - t0
+        return out  # [B, T, H]
+
+    def middle_backward(self, rnd: int, cid: int, msg: Msg, j: int) -> Tensor:
+        """U-shaped: the client's gradient at the middle's output backpropagated through layers [cut, L) into the
+        copy; the gradient at the cut."""
+        slot = self.slots[cid]
+        assert slot.inputs is not None and slot.mask is not None
+        t0 = time.perf_counter()
+        trainer = self.trainer(rnd, slot)
+        hidden = slot.inputs.to(trainer.device).requires_grad_()  # [B, T, H]
+        self.model.train()
+        trainer.forward(forward_middle, self.model, hidden, slot.mask, self.cut, self.layers)
+        trainer.backward_from(msg.arrays["grad"], scale=False)  # already d (loss / grad_accum) / d output
+        self.model.eval()
+        if (j + 1) % trainer.cfg.grad_accum == 0:
+            slot.sq_norm = trainer.grad_sq_norm()
+        self.save(slot, trainer)
+        slot.seconds += time.perf_counter() - t0
+        assert hidden.grad is not None
+        return hidden.grad.detach()
 
     def server_step(self, rnd: int, cid: int, client_sq_norm: float) -> None:
         """The copy's optimizer step, clipped by the joint norm (its own and the client's)."""

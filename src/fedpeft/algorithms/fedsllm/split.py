@@ -23,30 +23,31 @@ BOTTOM_MODULES = ("embed_tokens",)
 BATCH_KEYS = ("attention_mask", "labels", "prompt_length", "label", "choices")
 
 
-def on_client(key: str, cut: int) -> bool:
+def on_client(key: str, cut: int, u_shaped: bool = False) -> bool:
     """Whether adapter parameter ``key`` lives on the clients under a cut after ``cut`` decoder layers.
 
     Parameters of decoder layer i go to the clients when i < cut; the input embedding always; everything else (the
-    final norm, the LM head) to the main server.
+    final norm, the LM head) to the main server, or, in a U-shaped split (the head and the labels stay on the
+    client), to the clients.
     """
     match = LAYER_RE.search(key)
     if match is not None:
         return int(match.group(1)) < cut
-    return any(f"{name}." in key or key.endswith(name) for name in BOTTOM_MODULES)
+    return u_shaped or any(f"{name}." in key or key.endswith(name) for name in BOTTOM_MODULES)
 
 
-def partition(state: Mapping[str, Tensor], cut: int) -> tuple[State, State]:
+def partition(state: Mapping[str, Tensor], cut: int, u_shaped: bool = False) -> tuple[State, State]:
     """``state`` split into (client side, server side) by :func:`on_client`; together they are ``state``."""
-    client = {k: v for k, v in state.items() if on_client(k, cut)}
-    server = {k: v for k, v in state.items() if not on_client(k, cut)}
+    client = {k: v for k, v in state.items() if on_client(k, cut, u_shaped)}
+    server = {k: v for k, v in state.items() if not on_client(k, cut, u_shaped)}
     return client, server
 
 
-def bottom_params(model: nn.Module, cut: int) -> tuple[int, int]:
+def bottom_params(model: nn.Module, cut: int, u_shaped: bool = False) -> tuple[int, int]:
     """(trainable, held) parameter counts of the part of ``model`` a client holds at this cut."""
     trainable = held = 0
     for name, p in model.named_parameters():  # tied weights are listed once, under the embedding's name
-        if on_client(name, cut):
+        if on_client(name, cut, u_shaped):
             held += p.numel()
             trainable += p.numel() if p.requires_grad else 0
     return trainable, held
