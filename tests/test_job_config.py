@@ -14,7 +14,8 @@ from fedpeft.runtime import run as run_module
 from fedpeft.training.centralized import check_data
 
 REPO = Path(__file__).resolve().parents[1]
-RECIPES = sorted((REPO / "recipes").glob("*.toml"))
+#: run and fine-tune recipes; planner scenarios (a [network] table, for `fedpeft plan`) are tests/planning's
+RECIPES = sorted(p for p in (REPO / "recipes").glob("*.toml") if "network" not in tomllib.loads(p.read_text()))
 
 
 def test_there_are_recipes():
@@ -201,3 +202,15 @@ def test_the_job_seed_drives_data_order_and_adapter_init_unless_they_are_set():
     a_keys = [k for k in inits[0] if "lora_A" in k]
     assert a_keys and all(torch.equal(inits[0][k], inits[2][k]) for k in a_keys)
     assert not any(torch.equal(inits[0][k], inits[1][k]) for k in a_keys)
+
+
+SCENARIOS = sorted(p for p in (REPO / "recipes").glob("*.toml") if p not in RECIPES)
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda p: p.name)
+def test_every_shipped_planner_scenario_parses_and_plans(scenario):
+    from fedpeft.planning import load_scenario, plan
+
+    assert SCENARIOS, "recipes/plan_paper.toml is a scenario"
+    best = plan(load_scenario(scenario))
+    assert best.total_s > 0 and best.cut >= 0

@@ -241,6 +241,32 @@ def _add_deploy_args(p: argparse.ArgumentParser) -> None:
     node.add_argument("--insecure", action="store_true")
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    """FedsLLM resource planning: the cut, LoRA rank and per-client bandwidth/power of least modeled training delay."""
+    from fedpeft.planning import baseline_equal, baseline_random, load_scenario, plan, save_plan
+    from fedpeft.planning.report import format_plan
+
+    scenario = load_scenario(args.scenario, args.set)
+    best = plan(scenario)
+    best.compare([baseline_equal(scenario), baseline_random(scenario)])
+    print(format_plan(scenario, best))
+    if args.json is not None:
+        print(save_plan(best, args.json))
+    return 0
+
+
+def _add_plan_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("scenario", type=Path, metavar="SCENARIO", help="TOML scenario (see recipes/plan_paper.toml)")
+    p.add_argument("--json", type=Path, metavar="OUT", help="write the plan (and the baselines' delays) as JSON")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a field, e.g. network.bandwidth_hz=1e7",
+    )
+
+
 def _add_run_args(p: argparse.ArgumentParser) -> None:
     _add_recipe_args(p)
     from fedpeft.config import RUNTIMES
@@ -285,6 +311,7 @@ COMMANDS: dict[
     ),
     "deploy": (cmd_deploy, "run on Flower's deployment engine (SuperLink + SuperNodes, TLS, auth)", _add_deploy_args),
     "models": (cmd_models, "list model short names and their state, or fetch one into the cache", _add_models_args),
+    "plan": (cmd_plan, "FedsLLM resource planning: cut, LoRA rank, bandwidth and power per client", _add_plan_args),
 }
 
 

@@ -111,6 +111,10 @@ def test_three_parallel_clients_equal_fedavg_and_only_the_bottom_travels(job):
 
     total = sum(p.numel() for p in load_model("tiny-small").parameters())
     assert 0.2 * total < held < 0.8 * total
+    # and its FLOPs (counted: the sent forward, the recomputed forward and the backward of its layers) are below
+    # those of a client training the whole model
+    whole = json.loads((unsplit / "summary.json").read_text())["device_budget"]["max"]
+    assert 0 < summary["device_budget"]["max"]["flops_per_round"] < whole["flops_per_round"]
 
 
 def test_compressed_activations_trade_bytes_for_a_small_deviation(job):

@@ -22,11 +22,12 @@ recomputed forward draws the same masks as the one whose activations were sent.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 from torch import Tensor
+from torch.utils.flop_counter import FlopCounterMode
 
 from fedpeft.adapters import adapter_state, load_adapter_state
 from fedpeft.algorithms.aggregation import State, state_sub
@@ -34,6 +35,7 @@ from fedpeft.algorithms.base import ClientApp, ClientContext, Msg, derive_seed
 from fedpeft.algorithms.fedsllm.split import BATCH_KEYS, bottom_params, partition, top_loss
 from fedpeft.algorithms.local_training import round_train_config
 from fedpeft.models.split import forward_bottom, num_layers
+from fedpeft.training.flops import FLOPS, add_flops, shape_key
 from fedpeft.training.loop import sample_indices
 from fedpeft.training.trainer import Trainer, autocast_context
 
@@ -63,6 +65,21 @@ def micro_batches(ctx: ClientContext, rnd: int, cfg: Any) -> list[list[int]]:
     return [order[j * cfg.batch_size : (j + 1) * cfg.batch_size] for j in range(micro)]
 
 
+def _counted(key: tuple[Any, ...], batch: Mapping[str, Tensor], work: Callable[[], Any]) -> Any:
+    """Run ``work`` and report its FLOPs to the device's meter: counted exactly the first times a shape is seen
+    (:class:`~fedpeft.training.flops.FlopModel`), predicted from the shape afterwards."""
+    b, t = (int(n) for n in batch["input_ids"].shape[:2])
+    known = FLOPS.predict(key, b, t)
+    if known is not None:
+        add_flops(known)
+        return work()
+    with FlopCounterMode(display=False) as counter:  # forwards compute the same bits under the counter
+        out = work()
+    FLOPS.record(key, b, t, int(counter.get_total_flops()))
+    add_flops(int(counter.get_total_flops()))
+    return out
+
+
 def _bottom(
     ctx: ClientContext, trainer: Trainer, batch: Mapping[str, Tensor], cut: int, seed: int, *, graph: bool
 ) -> Tensor:
@@ -70,12 +87,35 @@ def _bottom(
     ``graph``: through the trainer, for :meth:`Trainer.backward_from`, else without autograd (what is sent)."""
     devices = [trainer.device] if trainer.device.type == "cuda" else []
     args = (ctx.model, batch["input_ids"].to(trainer.device), batch["attention_mask"].to(trainer.device), cut)
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        if graph:
-            return trainer.forward(forward_bottom, *args)
-        with torch.no_grad(), autocast_context(trainer.device, trainer.cfg.precision):
-            return forward_bottom(*args)
+
+    def run() -> Tensor:
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            if graph:
+                return trainer.forward(forward_bottom, *args)
+            with torch.no_grad(), autocast_context(trainer.device, trainer.cfg.precision):
+                return forward_bottom(*args)
+
+    out: Tensor = _counted(shape_key(ctx.model, "fedsllm_bottom", cut, graph), batch, run)
+    return out
+
+
+def _backward(
+    ctx: ClientContext, trainer: Trainer, batch: Mapping[str, Tensor], out: Tensor, grad: Tensor, cut: int
+) -> None:
+    """The server's gradient at the cut through the client's layers. Its FLOPs are counted on a throwaway
+    ``autograd.grad`` of the retained graph (some backward kernels differ in the last bit under the counter), the
+    real backward runs outside the counter."""
+    key = shape_key(ctx.model, "fedsllm_bottom_backward", cut)
+    b, t = (int(n) for n in batch["input_ids"].shape[:2])
+    if out.requires_grad and FLOPS.predict(key, b, t) is None:
+        with FlopCounterMode(display=False) as counter:
+            torch.autograd.grad(
+                out, trainer.params, grad_outputs=grad.to(out.dtype), retain_graph=True, allow_unused=True
+            )
+        FLOPS.record(key, b, t, int(counter.get_total_flops()))
+    add_flops(FLOPS.predict(key, b, t) or 0)
+    trainer.backward_from(grad, out, scale=False)  # the server's gradient is of loss / grad_accum
 
 
 def _seed(ctx: ClientContext, rnd: int, j: int) -> int:
@@ -186,8 +226,8 @@ def step_handler(ctx: ClientContext, msg: Msg) -> Msg:
     batches = micro_batches(ctx, rnd, cfg)
     ctx.model.train()
     batch = ctx.data.collate([ctx.data.train[i] for i in batches[j]])
-    _bottom(ctx, trainer, batch, cut, _seed(ctx, rnd, j), graph=True)  # recompute j's forward, with its graph
-    trainer.backward_from(msg.arrays["grad"], scale=False)  # the server's gradient is of loss / grad_accum
+    out = _bottom(ctx, trainer, batch, cut, _seed(ctx, rnd, j), graph=True)  # recompute j's forward, with its graph
+    _backward(ctx, trainer, batch, out, msg.arrays["grad"], cut)
     metrics: dict[str, float] = {}
     if (j + 1) % cfg.grad_accum == 0:  # the end of an optimizer step: clip jointly with the server's norm
         metrics["client_sq_norm"] = trainer.grad_sq_norm()
