@@ -48,6 +48,8 @@ def test_one_client_split_training_equals_unsplit_lora(job, cut):
     a, b = lines(unsplit, "round"), lines(split, "round")
     assert [r["train_loss"] for r in b] == pytest.approx([r["train_loss"] for r in a], abs=1e-5)
     assert all(r["cut"] == cut for r in b)
+    # at cut 0 the activations are the token embeddings (the text itself): every such run says so
+    assert [e["message"][:27] for e in lines(split, "privacy")] == (["fedsllm at cut 0 sends the "] if cut == 0 else [])
 
 
 def test_u_shaped_split_equals_unsplit_and_the_server_never_sees_labels(job, monkeypatch):

@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import statistics
+import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -110,12 +111,20 @@ class FedsLLM(FedAvg):
         self.layers = num_layers(self.model)
         self.cut = resolve_cut(self.opts, self.layers, cfg.adapter.r)
         self.slots: dict[int, Slot] = {}
+        if self.cut == 0:  # said on every run, not buried in the docs
+            text = (
+                "fedsllm at cut 0 sends the token embeddings themselves: the main server can read every client's "
+                "text from them; use algorithm.cut >= 1 (deeper is harder to invert, not impossible)"
+            )
+            print(f"fedpeft: warning: {text}", file=sys.stderr, flush=True)
+            server.log("privacy", message=text)
 
     # ------------------------------------------------------------------ the round
     def fit_round(self, rnd: int, grid: Grid) -> dict[str, Any]:
         clients = self.sample_clients(rnd, grid.client_ids())
         client_part, server_part = partition(self.state, self.cut, self.opts.u_shaped)
         self.slots = {c: Slot(dict(server_part)) for c in clients}
+        self.shapes: list[list[int]] = []  # [B, T] of every micro-batch's activations (delay-model checks)
         base: dict[str, Scalar] = {
             "round": rnd,
             "lr": self.client_lr(rnd),
@@ -164,6 +173,7 @@ class FedsLLM(FedAvg):
                 self.server_step(rnd, a.client_id, float(a.metrics["client_sq_norm"]))
         info: dict[str, Any] = {"clients": [a.client_id for a in accepted], "sampled": clients, "cut": self.cut}
         info["server_seconds"] = round(sum(s.seconds for s in self.slots.values()), 3)
+        info["split_shapes"] = self.shapes
         if accepted:
             weights = [float(a.num_examples) for a in accepted]
             losses = [statistics.fmean(self.slots[a.client_id].losses) for a in accepted]
@@ -192,6 +202,8 @@ class FedsLLM(FedAvg):
                 self.server.log("rejected", round=rnd, client=r.client_id, reason=problem)
                 self.slots.pop(r.client_id, None)
                 continue
+            if key == "hidden":
+                self.shapes.append([int(n) for n in r.msg.arrays["hidden"].shape[:2]])
             kept.append(r)
         return kept
 
