@@ -17,9 +17,9 @@ listed in the JSON, on ``tiny-large`` (8 layers, H = 256) unless stated:
   are predicted from the FLOPs at this machine's rate, calibrated on the unsplit run's client (FLOPs / seconds).
 - ``compression``: cut 4, three rounds, activations and gradients lossless / fp16 / bf16 / int8: bytes per round,
   the largest deviation of the final adapter from the lossless run's, test accuracy.
-- ``scale``: the whole recipe (15 rounds x 10 clients) at cut 2 against the same seed's federated LoRA on the whole
-  model and FedPT, read from benchmarks/results/fedpt_sst2.json (same job, same machine): accuracy (split training is
-  the same computation as unsplit, so it must match) and the device budget.
+- ``scale``: the whole recipe (the default job: 15 rounds x 10 clients, ``tiny-small`` cut after 2 of 4 layers) and
+  its unsplit twin (``fedavg``) on the same seeds: test accuracy (the same computation, so it must match after 150
+  client-rounds of float arithmetic too), the device budget, and the wall time the exchanges cost.
 - ``ranks``: the rounds-vs-rank curve of the planner (``[rounds]`` of a scenario), measured: federated LoRA on
   ``tiny-small`` (split training is the same computation, so the curve is the split run's), ranks 1-32, evaluated every
   round on SST-2 **dev**, rounds to reach the target accuracy (chosen on dev; the test split is not used here).
@@ -173,34 +173,28 @@ def compression_part(output_dir: str) -> dict[str, Any]:
 
 
 def scale_part(seeds: list[int], output_dir: str) -> dict[str, Any]:
-    reference = json.loads((ROOT / "benchmarks" / "results" / "fedpt_sst2.json").read_text())
+    """The whole recipe (15 rounds x 10 clients, tiny-small cut 2) and its unsplit twin on the same seeds."""
     rows = []
     for seed in seeds:
-        row = run_one(RECIPE, seed, ["model.name=tiny-large"], output_dir)
-        s = summary(Path(row["run_dir"]))
-        direct = next(r for r in reference["variants"]["direct"]["rows"] if r["seed"] == seed)
-        fedpt = next(r for r in reference["variants"]["fedpt"]["rows"] if r["seed"] == seed)
-        budget = s["device_budget"]["max"]
-        rows.append(
-            {
-                "seed": seed,
-                "command": row["command"],
-                "run_wall_s": row["run_wall_s"],
-                "fedsllm": {
-                    "accuracy": s["final"]["accuracy"],
-                    "flops_per_round": budget["flops_per_round"],
-                    "seconds_per_round": budget["seconds_per_round"],
-                    "bytes_per_round": (budget["bytes_up"] + budget["bytes_down"]) / max(1, budget["rounds"]),
-                    "params_held": budget["params_held"],
-                    "trainable_params": budget["trainable_params"],
-                    "bytes_by_kind": s["bytes_by_kind"],
-                },
-                "direct_fedavg_tiny_large": {"accuracy": direct["final"]["accuracy"], **direct["fedpt"]["device"]},
-                "fedpt": {"accuracy": fedpt["final"]["accuracy"], **fedpt["fedpt"]["device"]},
-                "reference": "benchmarks/results/fedpt_sst2.json",
+        row: dict[str, Any] = {"seed": seed}
+        for name, recipe in (("unsplit", unsplit_recipe(Path(output_dir))), ("fedsllm", RECIPE)):
+            run = run_one(recipe, seed, [], output_dir)
+            s = summary(Path(run["run_dir"]))
+            budget = s["device_budget"]["max"]
+            row[name] = {
+                "command": run["command"],
+                "accuracy": s["final"]["accuracy"],
+                "run_wall_s": run["run_wall_s"],
+                "flops_per_round": budget["flops_per_round"],
+                "seconds_per_round": budget["seconds_per_round"],
+                "bytes_per_round": (budget["bytes_up"] + budget["bytes_down"]) / max(1, budget["rounds"]),
+                "params_held": budget["params_held"],
+                "trainable_params": budget["trainable_params"],
+                "bytes_by_kind": s["bytes_by_kind"],
             }
-        )
-        print(json.dumps(rows[-1]), flush=True)
+        row["accuracy_difference"] = row["fedsllm"]["accuracy"] - row["unsplit"]["accuracy"]
+        rows.append(row)
+        print(json.dumps(row), flush=True)
     return {"rows": rows}
 
 

@@ -65,6 +65,8 @@ def test_flops_hand_computed() -> None:
     assert dl.head_flops(TINY, 3) == 4 * 3 * 4 * 10
     # one client layer, batch 2: 2 * (fwd + bwd); the server: the other layer + the head
     assert dl.client_step_flops(TINY, 1, 0, 2, 3) == 2 * (1008 + 1152)
+    # fedpeft's own client recomputes the forward when the gradient arrives
+    assert dl.client_step_flops(TINY, 1, 0, 2, 3, forwards=2) == 2 * (2 * 1008 + 1152)
     assert dl.server_step_flops(TINY, 1, 0, 2, 3) == 2 * (1008 + 1152 + 480)
 
 

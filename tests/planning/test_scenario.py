@@ -70,6 +70,7 @@ def _with(change: dict[str, Any], client: dict[str, Any] | None = None) -> dict[
         ({"training.cuts": [2, 30]}, None, "training.cuts"),
         ({"training.ranks": []}, None, "training.ranks"),
         ({"training.batch_size": 0}, None, "training.batch_size"),
+        ({"training.client_forwards": 3}, None, "training.client_forwards"),
         ({"network.colour": 1}, None, "network.colour"),  # unknown keys name the known ones
         ({}, {"gain_db": 3.0}, "clients[1].gain_db"),  # a gain above 1 (linear)
         ({}, {"gain_db": None, "distance_m": -10.0}, "clients[1].distance_m"),

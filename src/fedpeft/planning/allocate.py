@@ -41,7 +41,7 @@ def build_problem(sc: Scenario, cut: int, rank: int) -> Problem:
     """The per-client loads of (cut, rank) and the scenario's links, as arrays over clients."""
     dims, tr, k = sc.model.dims, sc.training, sc.num_clients
     lora = dl.lora_params_per_layer(dims, rank, sc.model.lora_targets)
-    client_flops = tr.local_steps * dl.client_step_flops(dims, cut, lora, tr.batch_size, tr.seq_len)
+    client_flops = tr.local_steps * dl.client_step_flops(dims, cut, lora, tr.batch_size, tr.seq_len, tr.client_forwards)
     server_flops = tr.local_steps * dl.server_step_flops(dims, cut, lora, tr.batch_size, tr.seq_len)
     act = dl.activation_bits(tr.batch_size, tr.seq_len, dims.hidden, sc.model.activation_bytes)
     lora_bits = 8.0 * sc.model.lora_bytes * cut * lora

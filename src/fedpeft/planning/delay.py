@@ -144,11 +144,15 @@ def head_flops(dims: ModelDims, seq_len: int) -> float:
     return 4.0 * seq_len * dims.hidden * dims.vocab
 
 
-def client_step_flops(dims: ModelDims, cut: int, lora_params: int, batch: int, seq_len: int) -> float:
-    """Client FLOPs of one local step: forward and backward of layers [0, c) on B sequences (the embedding lookup is
-    free)."""
-    per_layer = layer_forward_flops(dims, lora_params, seq_len) + layer_backward_flops(dims, lora_params, seq_len)
-    return float(batch * cut * per_layer)
+def client_step_flops(
+    dims: ModelDims, cut: int, lora_params: int, batch: int, seq_len: int, forwards: int = 1
+) -> float:
+    """Client FLOPs of one local step: ``forwards`` forwards and one backward of layers [0, c) on B sequences (the
+    embedding lookup is free). ``forwards = 2`` is fedpeft's own client, which keeps no autograd graph between
+    messages and recomputes the forward when the gradient arrives (benchmarks/fedsllm.py measures it at 0.963 of
+    this count); 1 is a client that keeps the graph."""
+    fwd = layer_forward_flops(dims, lora_params, seq_len)
+    return float(batch * cut * (forwards * fwd + layer_backward_flops(dims, lora_params, seq_len)))
 
 
 def server_step_flops(dims: ModelDims, cut: int, lora_params: int, batch: int, seq_len: int) -> float:

@@ -137,7 +137,9 @@ class ModelSpec:
 class TrainingSpec:
     """Per-step workload (batch of ``batch_size`` sequences of ``seq_len`` tokens), ``local_steps`` per round, and the
     candidate cuts (clients run layers [0, cut)) and LoRA ranks the planner searches; ``default_rank`` (the baselines'
-    fixed rank) defaults to the median candidate."""
+    fixed rank) defaults to the median candidate. ``client_forwards``: forwards per step on the client, 1 for a
+    client that keeps its autograd graph between sending the activations and receiving their gradient, 2 for
+    fedpeft's ``fedsllm`` client (no graph kept between messages: the forward is recomputed)."""
 
     batch_size: int = 8
     seq_len: int = 256
@@ -145,8 +147,11 @@ class TrainingSpec:
     cuts: list[int] = field(default_factory=list)
     ranks: list[int] = field(default_factory=lambda: [2, 4, 8, 16, 32])
     default_rank: int | None = None
+    client_forwards: int = 1
 
     def __post_init__(self) -> None:
+        if self.client_forwards not in (1, 2):
+            raise ConfigError("training.client_forwards", self.client_forwards, [1, 2])
         for name in ("batch_size", "seq_len", "local_steps"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"training.{name}", getattr(self, name), "an integer >= 1")
