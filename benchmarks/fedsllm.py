@@ -19,7 +19,8 @@ listed in the JSON, on ``tiny-large`` (8 layers, H = 256) unless stated:
   the largest deviation of the final adapter from the lossless run's, test accuracy.
 - ``scale``: the whole recipe (the default job: 15 rounds x 10 clients, ``tiny-small`` cut after 2 of 4 layers) and
   its unsplit twin (``fedavg``) on the same seeds: test accuracy (the same computation, so it must match after 150
-  client-rounds of float arithmetic too), the device budget, and the wall time the exchanges cost.
+  client-rounds of float arithmetic too), the device budget, and the wall time the exchanges cost; and the split
+  run with fp16 and int8 activations and gradients (the compression trade-off on the final accuracy).
 - ``ranks``: the rounds-vs-rank curve of the planner (``[rounds]`` of a scenario), measured: federated LoRA on
   ``tiny-small`` (split training is the same computation, so the curve is the split run's), ranks 1-32, evaluated every
   round on SST-2 **dev**, rounds to reach the target accuracy (chosen on dev; the test split is not used here).
@@ -177,8 +178,16 @@ def scale_part(seeds: list[int], output_dir: str) -> dict[str, Any]:
     rows = []
     for seed in seeds:
         row: dict[str, Any] = {"seed": seed}
-        for name, recipe in (("unsplit", unsplit_recipe(Path(output_dir))), ("fedsllm", RECIPE)):
-            run = run_one(recipe, seed, [], output_dir)
+        runs = {
+            "unsplit": (unsplit_recipe(Path(output_dir)), []),
+            "fedsllm": (RECIPE, []),
+            **{
+                f"fedsllm_{codec}": (RECIPE, [f'comm.payloads={{activations="{codec}", gradients="{codec}"}}'])
+                for codec in ("fp16", "int8")
+            },
+        }
+        for name, (recipe, extra) in runs.items():
+            run = run_one(recipe, seed, extra, output_dir)
             s = summary(Path(run["run_dir"]))
             budget = s["device_budget"]["max"]
             row[name] = {
@@ -192,7 +201,8 @@ def scale_part(seeds: list[int], output_dir: str) -> dict[str, Any]:
                 "trainable_params": budget["trainable_params"],
                 "bytes_by_kind": s["bytes_by_kind"],
             }
-        row["accuracy_difference"] = row["fedsllm"]["accuracy"] - row["unsplit"]["accuracy"]
+        for name in runs:
+            row[name]["accuracy_difference"] = row[name]["accuracy"] - row["unsplit"]["accuracy"]
         rows.append(row)
         print(json.dumps(row), flush=True)
     return {"rows": rows}
