@@ -11,8 +11,12 @@ import tempfile
 from pathlib import Path
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary sibling, fsync, and an atomic rename."""
+def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Write ``data`` to ``path`` via a temporary sibling, fsync, and an atomic rename; the file gets ``mode``.
+
+    The temporary file is created 0600 and only then given ``mode``, so a private file (``mode=0o600``, e.g. a key)
+    is never readable by others, not even for an instant.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -20,7 +24,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; run files (reports, adapters) are meant to be shared
+        os.chmod(tmp, mode)  # mkstemp creates 0600; run files (reports, adapters) are meant to be shared: 0644
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -43,7 +43,16 @@ def test_certs_chain_sans_node_keys_and_reuse(tmp_path: Path) -> None:
     from cryptography.hazmat.primitives.asymmetric import ec
     from flwr.supercore.primitives.asymmetric import uses_nist_ec_curve
 
-    paths = certs_mod.generate(tmp_path / "c", 2, hosts=["node.example", "10.1.2.3"])
+    modes: list[tuple[str, int]] = []  # every chmod while the files are made: the keys are 0600 from their first byte
+    real_chmod = os.chmod
+    os.chmod = lambda path, mode, *a, **k: (modes.append((Path(path).name, mode)), real_chmod(path, mode, *a, **k))[1]  # type: ignore[assignment]
+    try:
+        paths = certs_mod.generate(tmp_path / "c", 2, hosts=["node.example", "10.1.2.3"])
+    finally:
+        os.chmod = real_chmod
+    private = ("ca.key", "server.key", "node-0", "node-1")
+    assert {m for name, m in modes if name.lstrip(".").startswith(private) and ".pub" not in name} == {0o600}
+    assert any(name.lstrip(".").startswith("node-0.") and ".pub" not in name for name, _ in modes)  # temp files seen
     ca = x509.load_pem_x509_certificate(paths.ca.read_bytes())
     server = x509.load_pem_x509_certificate(paths.server_cert.read_bytes())
     server.verify_directly_issued_by(ca)  # signed by our CA (raises otherwise)

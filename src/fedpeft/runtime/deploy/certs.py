@@ -67,8 +67,7 @@ class CertPaths:
 
 
 def _write_private(path: Path, data: bytes) -> None:
-    atomic_write_bytes(path, data)
-    path.chmod(0o600)
+    atomic_write_bytes(path, data, mode=0o600)  # 0600 from the first byte: never world-readable, not even briefly
 
 
 def _san(hosts: list[str]) -> list[object]:
