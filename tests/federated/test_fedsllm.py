@@ -4,6 +4,7 @@ full participation, same seed) at several cuts, on local and flower-sim; what tr
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,6 +18,7 @@ from .conftest import crash_and_resume
 
 ONE = {"num_clients": 1, "rounds": 2, "min_partition_size": 4}
 ADAPTER = {"target_modules": ["embed_tokens", "q_proj", "v_proj", "down_proj", "lm_head"]}
+REPO = Path(__file__).resolve().parents[2]
 TOL = 2e-5  # float32: the split sums the same products in another order (e.g. the joint clipping norm)
 
 
@@ -155,6 +157,17 @@ def test_a_plan_sets_the_cut_and_must_match_the_rank(job, tmp_path):
         run_federated(job(federation=SPLIT, algorithm={"plan": str(plan)}), quiet=True)
     with pytest.raises(ConfigError, match="algorithm.plan"):
         job(federation=SPLIT, algorithm={"plan": str(plan), "cut": 1})
+    # a plan as `fedpeft plan --json` writes it (the shipped scenario, ranks limited to the run's)
+    from fedpeft.planning import load_scenario, save_plan
+    from fedpeft.planning import plan as make_plan
+
+    scenario = load_scenario(REPO / "recipes" / "plan_paper.toml", ["training.ranks=[4]", "training.cuts=[2, 4]"])
+    real = make_plan(scenario)
+    save_plan(real, tmp_path / "real.json")
+    run = run_federated(
+        job(federation={**SPLIT, "rounds": 1}, algorithm={"plan": str(tmp_path / "real.json")}), quiet=True
+    ).path
+    assert lines(run, "round")[0]["cut"] == real.cut and real.rank == 4
 
 
 def test_fedsllm_resumes_after_a_crash_to_the_same_result(job, monkeypatch):
