@@ -189,3 +189,33 @@ def test_local_and_flower_sim_agree(job, u_shaped):
     assert [r["train_loss"] for r in lines(local, "round")] == pytest.approx(
         [r["train_loss"] for r in lines(sim, "round")], abs=1e-5
     )
+
+
+def test_a_client_failing_or_sending_bad_activations_mid_round_is_dropped(job, monkeypatch):
+    """Client 1 raises at its second gradient message, client 2 sends activations of the wrong width: both are
+    logged and dropped from the round (their server copies discarded); the others' halves are averaged."""
+    from fedpeft.algorithms.fedsllm import client
+
+    step, start = client.app._handlers[client.STEP], client.app._handlers[client.START]
+
+    def failing_step(ctx, msg):
+        if ctx.client_id == 1 and int(msg.config["micro"]) == 1:
+            raise RuntimeError("device went away")
+        return step(ctx, msg)
+
+    def bad_start(ctx, msg):
+        reply = start(ctx, msg)
+        if ctx.client_id == 2:
+            reply.arrays["hidden"] = reply.arrays["hidden"][..., :7]
+        return reply
+
+    monkeypatch.setitem(client.app._handlers, client.STEP, failing_step)
+    monkeypatch.setitem(client.app._handlers, client.START, bad_start)
+    run = run_federated(
+        job(federation={"num_clients": 4, "rounds": 1, "min_partition_size": 4, "algorithm": "fedsllm"}), quiet=True
+    ).path
+    assert [e["client"] for e in lines(run, "failure")] == [1]
+    rejected = lines(run, "rejected")
+    assert [e["client"] for e in rejected] == [2] and "hidden must be floating [B, T, 128]" in rejected[0]["reason"]
+    assert lines(run, "round")[0]["clients"] == [0, 3]
+    assert all(torch.isfinite(v).all() for v in adapter(run).values())
