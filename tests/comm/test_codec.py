@@ -89,3 +89,65 @@ def test_ledger_totals_and_records() -> None:
 def test_ledger_rejects_bad_records(args: tuple) -> None:
     with pytest.raises(ValueError):
         ByteLedger().record(*args)
+
+
+# ---------------------------------------------------------------- hostile payloads: checked before any allocation
+def _channel(up: str = "none", **kw):
+    from fedpeft.comm.transport import Channel
+    from fedpeft.config import CommConfig
+
+    return Channel(CommConfig(up=up, **kw), "up")
+
+
+def _forged(up: str, shape: list[int], **meta) -> WireState:
+    """A genuine one-tensor payload whose header then claims ``shape`` (and ``meta``): what a hostile client sends."""
+    channel = _channel(up, topk_ratio=0.5)
+    wire = channel.encode({"w": torch.ones(4)})
+    wire.meta["entries"][0]["meta"].update(shape=shape, **meta)
+    return WireState.from_bytes(wire.to_bytes())
+
+
+@pytest.mark.parametrize("up", ["none", "fp16", "bf16", "int8", "int4", "topk"])
+def test_a_header_cannot_claim_more_than_its_payload(up: str, monkeypatch) -> None:
+    """A 4-value payload claiming 2**40 values (or 5) is refused before the receiver allocates anything: the
+    claimed shape must need exactly the parts that arrived (top-k: with the receiver's own ratio)."""
+    allocated: list[int] = []
+    real_zeros = torch.zeros
+
+    def spy(*size, **kw):
+        allocated.append(int(torch.Size(size[0] if len(size) == 1 and not isinstance(size[0], int) else size).numel()))
+        return real_zeros(*size, **kw)
+
+    monkeypatch.setattr(torch, "zeros", spy)
+    channel = _channel(up, topk_ratio=0.5)
+    assert decode_state(_forged(up, [4]), channel.compressor)["w"].shape == (4,)  # the honest header: fine
+    for shape in ([2**40], [5], [2, 2**20], [-4], [1] * 9):
+        allocated.clear()
+        with pytest.raises(ValueError, match="shape|part sizes"):
+            decode_state(_forged(up, shape), channel.compressor)
+        assert not allocated or max(allocated) <= 4
+
+
+def test_the_receiver_picks_the_decoder_not_the_sender() -> None:
+    """A run configured for fp32 uplinks refuses a top-k (or any other) payload, and a float payload that claims
+    to be lossless; a dtype outside the wire set is refused; integer ids still travel losslessly."""
+    fp32 = _channel("none")
+    topk = _channel("topk", topk_ratio=0.5).encode({"w": torch.ones(4)})
+    with pytest.raises(ValueError, match="encoded with 'topk'; this run decodes it with 'none'"):
+        decode_state(topk, fp32.compressor)
+    assert decode_state(topk)["w"].sum() == 2  # one's own files: the header names the decoder (and its ratio)
+    lossless = encode_state({"w": torch.ones(4)}, "lossless")
+    with pytest.raises(ValueError, match="encoded with 'lossless'"):
+        decode_state(lossless, fp32.compressor)
+    with pytest.raises(ValueError, match="dtype"):
+        decode_state(_forged("none", [4], dtype="complex128"), fp32.compressor)
+    ids = fp32.encode({"ids": torch.tensor([3, 2**40])}, {"ids": "ids"})
+    assert decode_state(ids, fp32.compressor)["ids"].tolist() == [3, 2**40]
+
+
+def test_topk_indices_must_lie_inside_the_tensor() -> None:
+    channel = _channel("topk", topk_ratio=0.5)
+    wire = channel.encode({"w": torch.arange(4.0)})
+    wire.tensors["w|indices"] = torch.tensor([1, 7], dtype=torch.int32)
+    with pytest.raises(ValueError, match="outside"):
+        decode_state(wire, channel.compressor)

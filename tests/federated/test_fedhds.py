@@ -151,7 +151,7 @@ def test_integer_ids_survive_every_downlink_setting(down):
     from fedpeft.comm.transport import Packet
     from fedpeft.runtime.transport import unpack
 
-    back = unpack(Packet(msg.action, wire))
+    back = unpack(Packet(msg.action, wire), Channel(comm, "down"))
     assert back.arrays["clusters"].dtype == torch.long and torch.equal(back.arrays["clusters"], ids)
     assert back.kinds["clusters"] == "ids"
 

@@ -23,13 +23,14 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from fedpeft.comm.compression import Compressor, Encoded, LosslessCompressor, make_compressor
+from fedpeft.comm.compression import WIRE_DTYPES, Compressor, Encoded, LosslessCompressor, make_compressor
 
 __all__ = ["ADAPTER", "SEP", "WIRE_VERSION", "WireState", "decode_state", "encode_state"]
 
 #: the payload kind of adapter tensors (weights or updates), the default kind of every array
 ADAPTER = "adapter"
 _LOSSLESS = LosslessCompressor()
+_FLOATING = frozenset({"float32", "float16", "bfloat16", "float64"})
 
 SEP = "|"
 WIRE_VERSION = 1
@@ -149,17 +150,55 @@ def encode_state(
     return WireState(tensors, {"version": WIRE_VERSION, "compressor": comp.name, "entries": entries})
 
 
-def decode_state(wire: WireState) -> dict[str, torch.Tensor]:
-    """Decompress a :class:`WireState` into a state dict with the original keys (in order), shapes and dtypes."""
+def decode_state(wire: WireState, decoders: Callable[[str], Compressor] | None = None) -> dict[str, torch.Tensor]:
+    """Decompress a :class:`WireState` into a state dict with the original keys (in order), shapes and dtypes.
+
+    Parameters
+    ----------
+    wire : WireState
+        What arrived.
+    decoders : Callable[[str], Compressor], optional
+        The receiver's own compressor of each payload kind (its channel). Given, every entry must have been encoded
+        by it (integer / bool entries: losslessly), and its metadata is checked against what actually arrived
+        before anything is allocated (:func:`fedpeft.comm.compression._check_meta`): a peer cannot pick the decoder
+        nor claim a tensor larger than its payload. Omitted (reading one's own files), the metadata names the
+        decoder.
+
+    Raises
+    ------
+    ValueError
+        Malformed metadata, a compressor the receiver does not use for that kind, or a payload that does not hold
+        what its metadata claims.
+    """
+    entries = wire.meta.get("entries") if isinstance(wire.meta, dict) else None
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise ValueError("wire metadata has no list of entries")
     out: dict[str, torch.Tensor] = {}
-    decoders: dict[str, Compressor] = {}
-    for entry in wire.meta.get("entries", []):
-        key, meta = entry["key"], entry["meta"]
+    own: dict[tuple[str, object], Compressor] = {}
+    for entry in entries:
+        key, meta, parts = entry.get("key"), entry.get("meta"), entry.get("parts")
+        if not isinstance(key, str) or not isinstance(meta, dict) or not isinstance(parts, list):
+            raise ValueError(f"malformed wire entry {str(entry)[:200]}")
         name = meta.get("compressor")
-        if name not in decoders:
-            decoders[name] = make_compressor(name)
+        if decoders is not None:
+            kind = entry.get("kind", ADAPTER)
+            if not isinstance(kind, str):
+                raise ValueError(f"{key}: payload kind {kind!r} is not a string")
+            if meta.get("dtype") not in WIRE_DTYPES:
+                raise ValueError(f"{key}: payload claims dtype {meta.get('dtype')!r}; allowed: {sorted(WIRE_DTYPES)}")
+            integer = meta.get("dtype") not in _FLOATING
+            decoder = _LOSSLESS if integer else decoders(kind)
+            if name != decoder.name:
+                allowed = "lossless (integer payload)" if integer else repr(decoder.name)
+                raise ValueError(f"{key}: {kind} payload encoded with {name!r}; this run decodes it with {allowed}")
+        else:
+            cache_key = (str(name), meta.get("ratio"))
+            if cache_key not in own:
+                opts = {"ratio": meta["ratio"], "error_feedback": False} if name == "topk" else {}
+                own[cache_key] = make_compressor(str(name), **opts)
+            decoder = own[cache_key]
         payload: dict[str, torch.Tensor] = {}
-        for part in entry["parts"]:
+        for part in parts:
             wkey = f"{key}{SEP}{part}"
             if wkey not in wire.tensors:
                 raise ValueError(f"wire state lacks tensor {wkey!r}")
@@ -167,5 +206,5 @@ def decode_state(wire: WireState) -> dict[str, torch.Tensor]:
             if entry.get("bitcast", {}).get(part) == "bfloat16":
                 t = t.contiguous().view(torch.bfloat16)
             payload[part] = t
-        out[key] = decoders[name].decompress(Encoded(payload, meta))
+        out[key] = decoder.decompress(Encoded(payload, meta))
     return out

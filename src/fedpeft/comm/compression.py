@@ -85,13 +85,53 @@ def _base_meta(compressor: str, tensor: torch.Tensor) -> dict[str, Any]:
     return {"compressor": compressor, "shape": list(tensor.shape), "dtype": dtype_name(tensor.dtype)}
 
 
-def _check_meta(encoded: Encoded, compressor: str, parts: tuple[str, ...]) -> tuple[list[int], torch.dtype]:
-    if encoded.meta.get("compressor") != compressor:
-        raise ValueError(f"encoded tensor was made by {encoded.meta.get('compressor')!r}, not {compressor!r}")
+#: dtypes a payload's metadata may name: the receiver never builds a tensor of any other (float8, complex, ...)
+WIRE_DTYPES = frozenset(
+    {"float32", "float16", "bfloat16", "float64", "int8", "int16", "int32", "int64", "uint8", "bool"}
+)
+#: most dimensions a payload's metadata may name
+MAX_NDIM = 8
+
+
+def _check_meta(
+    encoded: Encoded, compressor: str, parts: tuple[str, ...], sizes: Callable[[int], tuple[int, ...]] | None = None
+) -> tuple[list[int], torch.dtype]:
+    """Validate what the sender says before anything is allocated: compressor, parts, shape, dtype, and (``sizes``:
+    numel -> expected numel of each part) that the payload holds exactly what the claimed shape needs, so a
+    hostile header cannot make the receiver allocate more than it actually received."""
+    meta = encoded.meta
+    if not isinstance(meta, dict) or meta.get("compressor") != compressor:
+        got = meta.get("compressor") if isinstance(meta, dict) else meta
+        raise ValueError(f"encoded tensor was made by {got!r}, not {compressor!r}")
     missing = [p for p in parts if p not in encoded.payload]
     if missing:
         raise ValueError(f"encoded tensor lacks payload part(s) {missing}")
-    return [int(s) for s in encoded.meta["shape"]], dtype_from_name(encoded.meta["dtype"])
+    extra = sorted(set(encoded.payload) - set(parts))
+    if extra:
+        raise ValueError(f"encoded tensor has unexpected payload part(s) {extra}")
+    shape = meta.get("shape")
+    if (
+        not isinstance(shape, list)
+        or len(shape) > MAX_NDIM
+        or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape)
+    ):
+        raise ValueError(f"encoded tensor has an invalid shape {shape!r} (at most {MAX_NDIM} non-negative ints)")
+    if meta.get("dtype") not in WIRE_DTYPES:
+        raise ValueError(f"encoded tensor has dtype {meta.get('dtype')!r}; allowed: {sorted(WIRE_DTYPES)}")
+    if sizes is not None:
+        want = sizes(math.prod(shape))
+        got_sizes = tuple(encoded.payload[p].numel() for p in parts)
+        if got_sizes != want:
+            raise ValueError(
+                f"{compressor} payload of shape {shape} needs part sizes {dict(zip(parts, want, strict=True))}, "
+                f"got {dict(zip(parts, got_sizes, strict=True))}"
+            )
+    return list(shape), dtype_from_name(meta["dtype"])
+
+
+def _floating(compressor: str, dtype: torch.dtype) -> None:
+    if not dtype.is_floating_point:
+        raise ValueError(f"{compressor} payload claims dtype {dtype}; only floating tensors are compressed")
 
 
 class Compressor:
@@ -122,7 +162,8 @@ class CastCompressor(Compressor):
         return Encoded({"values": tensor.detach().to(self.wire_dtype).contiguous()}, _base_meta(self.name, tensor))
 
     def decompress(self, encoded: Encoded) -> torch.Tensor:
-        shape, dtype = _check_meta(encoded, self.name, ("values",))
+        shape, dtype = _check_meta(encoded, self.name, ("values",), lambda n: (n,))
+        _floating(self.name, dtype)
         return encoded.payload["values"].reshape(shape).to(dtype)
 
 
@@ -143,7 +184,7 @@ class LosslessCompressor(Compressor):
         return Encoded({"values": values}, _base_meta(self.name, tensor))
 
     def decompress(self, encoded: Encoded) -> torch.Tensor:
-        shape, dtype = _check_meta(encoded, self.name, ("values",))
+        shape, dtype = _check_meta(encoded, self.name, ("values",), lambda n: (n,))
         values = encoded.payload["values"]
         if dtype == torch.bool:
             values = values.view(torch.bool)
@@ -190,7 +231,8 @@ class Int8Compressor(Compressor):
         return Encoded({"q": q.to(torch.int8).reshape(-1), "scale": scale}, _base_meta(self.name, tensor))
 
     def decompress(self, encoded: Encoded) -> torch.Tensor:
-        shape, dtype = _check_meta(encoded, self.name, ("q", "scale"))
+        shape, dtype = _check_meta(encoded, self.name, ("q", "scale"), lambda n: (n, 1))
+        _floating(self.name, dtype)
         x = encoded.payload["q"].to(torch.float32) * encoded.payload["scale"].to(torch.float32)
         return x.reshape(shape).to(dtype)
 
@@ -225,11 +267,17 @@ class Int4Compressor(Compressor):
         return Encoded({"q": pack_int4(q), "scale": scale}, _base_meta(self.name, tensor))
 
     def decompress(self, encoded: Encoded) -> torch.Tensor:
-        shape, dtype = _check_meta(encoded, self.name, ("q", "scale"))
+        shape, dtype = _check_meta(encoded, self.name, ("q", "scale"), lambda n: ((n + 1) // 2, 1))
+        _floating(self.name, dtype)
         n = math.prod(shape)
         q = unpack_int4(encoded.payload["q"], n)
         x = q.to(torch.float32) * encoded.payload["scale"].to(torch.float32)
         return x.reshape(shape).to(dtype)
+
+
+def topk_count(n: int, ratio: float) -> int:
+    """How many of ``n`` entries top-k keeps: ``min(n, max(1, ceil(ratio * n)))``, 0 for an empty tensor."""
+    return min(n, max(1, math.ceil(ratio * n))) if n else 0
 
 
 def topk_select(x: torch.Tensor, ratio: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -239,7 +287,7 @@ def topk_select(x: torch.Tensor, ratio: float) -> tuple[torch.Tensor, torch.Tens
     (0 for an empty tensor).
     """
     n = x.numel()
-    k = min(n, max(1, math.ceil(ratio * n))) if n else 0
+    k = topk_count(n, ratio)
     idx = torch.topk(x.abs(), k, sorted=False).indices if k else torch.zeros(0, dtype=torch.int64)
     idx = torch.sort(idx).values
     return idx.to(torch.int32), x[idx].to(torch.float32)
@@ -255,6 +303,10 @@ class TopKCompressor(Compressor):
             raise ConfigError("compression.ratio", ratio, "a number in (0, 1]")
         self.ratio = float(ratio)
 
+    def k(self, n: int) -> int:
+        """Entries kept of an ``n``-entry tensor."""
+        return topk_count(n, self.ratio)
+
     def _encode(self, tensor: torch.Tensor, flat: torch.Tensor) -> Encoded:
         idx, vals = topk_select(flat, self.ratio)
         meta = _base_meta(self.name, tensor)
@@ -266,9 +318,15 @@ class TopKCompressor(Compressor):
         return self._encode(tensor, tensor.detach().to(torch.float32).reshape(-1))
 
     def decompress(self, encoded: Encoded) -> torch.Tensor:
-        shape, dtype = _check_meta(encoded, self.name, ("indices", "values"))
-        out = torch.zeros(math.prod(shape), dtype=torch.float32)  # (n,)
-        out[encoded.payload["indices"].to(torch.int64)] = encoded.payload["values"].to(torch.float32)
+        # k follows from the shape and this receiver's own ratio: a header cannot claim a huge tensor for a few values
+        shape, dtype = _check_meta(encoded, self.name, ("indices", "values"), lambda n: (self.k(n), self.k(n)))
+        _floating(self.name, dtype)
+        n = math.prod(shape)
+        idx = encoded.payload["indices"].to(torch.int64)  # (k,)
+        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= n):
+            raise ValueError(f"topk payload has indices outside [0, {n})")
+        out = torch.zeros(n, dtype=torch.float32)  # (n,)
+        out[idx] = encoded.payload["values"].to(torch.float32)
         return out.reshape(shape).to(dtype)
 
 

@@ -42,7 +42,7 @@ class LocalGrid:
     ) -> list[Reply]:
         from tqdm.auto import tqdm
 
-        down = Channel(self.cfg.comm, "down")
+        down, up = Channel(self.cfg.comm, "down"), Channel(self.cfg.comm, "up")
         encoded: dict[tuple[int, str], WireState] = {}  # the same arrays sent to many clients are encoded once
         replies: list[Reply] = []
         ordered = sorted(messages, key=lambda m: m[0])
@@ -65,7 +65,7 @@ class LocalGrid:
             self.states[cid] = ctx.state
             self.ledger.record_kinds(round, cid, "up", out.wire.nbytes_by_kind())
             seconds = time.perf_counter() - t0
-            replies.append(Reply(cid, unpack(out), None, out.nbytes, wire.nbytes, seconds, dict(out.cost)))
+            replies.append(Reply(cid, unpack(out, up), None, out.nbytes, wire.nbytes, seconds, dict(out.cost)))
         return replies
 
     # client states travel in local checkpoints (on Flower they live on the nodes)

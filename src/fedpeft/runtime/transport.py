@@ -27,11 +27,19 @@ def pack(msg: Msg, channel: Channel) -> Packet:
     return Packet(msg.action, channel.encode(dict(msg.arrays), msg.kinds), dict(msg.config), dict(msg.metrics))
 
 
-def unpack(packet: Packet) -> Msg:
-    """The message of ``packet`` (kinds restored from the wire metadata)."""
+def unpack(packet: Packet, channel: Channel) -> Msg:
+    """The message of ``packet`` (kinds restored from the wire metadata), decoded by the receiver's own ``channel``
+    (the direction it travelled): the sender cannot choose the decoder, and sizes are checked before allocation.
+
+    Raises
+    ------
+    ValueError
+        The payload was not encoded as this run's ``comm`` settings say, or does not hold what its metadata claims.
+    """
     from fedpeft.comm.codec import decode_state
 
-    return Msg(packet.action, decode_state(packet.wire), dict(packet.config), dict(packet.metrics), packet.wire.kinds())
+    arrays = decode_state(packet.wire, channel.compressor)
+    return Msg(packet.action, arrays, dict(packet.config), dict(packet.metrics), packet.wire.kinds())
 
 
 def device_params(model: torch.nn.Module) -> tuple[int, int]:
@@ -49,7 +57,7 @@ def serve(app: ClientApp, ctx: ClientContext, packet: Packet) -> Packet:
     attach the device cost of serving the message."""
     t0 = time.perf_counter()
     with flop_meter() as meter:
-        reply = app.handle(ctx, unpack(packet))
+        reply = app.handle(ctx, unpack(packet, Channel(ctx.cfg.comm, "down")))
     seconds = time.perf_counter() - t0
     channel = Channel(ctx.cfg.comm, "up")
     channel.load_residuals(ctx.state)

@@ -279,11 +279,12 @@ class FlowerGrid:
             packet = records_to_packet(reply.content)
             seconds = float(read_header(reply.content, SECONDS_KEY))
             stateful = int(read_header(reply.content, STATE_KEYS)) > 0
+            msg = unpack(packet, Channel(self.cfg.comm, "up"))  # sizes checked before anything is allocated
         except (KeyError, ValueError, TypeError) as exc:
             return Reply(cid, None, f"malformed reply: {type(exc).__name__}: {exc}", 0, nbytes_down)
         (self._stateful.add if stateful else self._stateful.discard)(cid)
         self.ledger.record_kinds(rnd, cid, "up", packet.wire.nbytes_by_kind())
-        return Reply(cid, unpack(packet), None, packet.nbytes, nbytes_down, seconds, dict(packet.cost))
+        return Reply(cid, msg, None, packet.nbytes, nbytes_down, seconds, dict(packet.cost))
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
