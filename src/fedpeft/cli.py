@@ -226,7 +226,12 @@ def _add_deploy_args(p: argparse.ArgumentParser) -> None:
     link = sub.add_parser("superlink", help="run the SuperLink (TLS, node auth) and register the node keys")
     link.add_argument("--certs", type=Path, help="folder made by `fedpeft deploy certs`")
     link.add_argument("--nodes", type=int, required=True, help="number of node keys to register")
-    link.add_argument("--host", default="0.0.0.0")
+    link.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="interface to bind (default loopback: this machine only); 0.0.0.0 or an address serves the Fleet API "
+        "to SuperNodes on other machines, the Control API staying loopback-only",
+    )
     link.add_argument("--port", type=int, default=8000)
     link.add_argument("--workdir", type=Path, default=Path("deploy-superlink"))
     link.add_argument("--insecure", action="store_true")

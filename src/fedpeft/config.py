@@ -391,14 +391,24 @@ class CommConfig:
             raise ConfigError("comm.topk_ratio", self.topk_ratio, "a number in (0, 1]")
 
 
+def _loopback(host: str) -> bool:
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 @dataclass
 class DeployConfig:
     """The ``deploy`` runtime: a SuperLink and one SuperNode per client on this machine, through Flower's deployment
     engine (see docs/deployment.md). Ignored by the other runtimes.
 
     TLS and SuperNode authentication are on unless ``insecure`` (which prints a warning). ``certs`` is a folder made
-    by ``fedpeft deploy certs``; empty means one is generated inside the run directory. ``superlink`` (host:port)
-    submits the run to a SuperLink already running (``fedpeft deploy superlink``) instead of starting a loopback
+    by ``fedpeft deploy certs``; empty means one is generated inside the run directory. ``superlink`` (127.0.0.1:port)
+    submits the run to a SuperLink already running on this machine (``fedpeft deploy superlink``; its Control API
+    answers loopback peers only) instead of starting a loopback
     cluster; its CA is then ``certs``/ca.pem. ``port`` 0 picks a free
     port for the SuperLink. ``node_threads`` is each node worker's torch thread count (nodes share this machine).
     A node process that dies is restarted when ``restart_nodes`` (it rejoins later rounds). ``poll_interval`` is
@@ -431,6 +441,14 @@ class DeployConfig:
             raise ConfigError("deploy.node_idle_poll", self.node_idle_poll, "seconds in (0, 3]")
         if self.superlink and (":" not in self.superlink or not self.superlink.rsplit(":", 1)[1].isdigit()):
             raise ConfigError("deploy.superlink", self.superlink, "host:port of a running SuperLink, or empty")
+        host = self.superlink.rsplit(":", 1)[0].strip("[]") if self.superlink else ""
+        if host and host != "localhost" and not _loopback(host):
+            # the SuperLink's Control API (submitting runs) answers loopback peers only (deploy/superlink.py)
+            raise ConfigError(
+                "deploy.superlink",
+                self.superlink,
+                "a loopback address (127.0.0.1:PORT): submit on the SuperLink's machine",
+            )
         if self.superlink and not self.insecure and not self.certs:
             raise ConfigError("deploy.certs", self.certs, "the certs folder with the SuperLink's ca.pem")
         if not self.connect_timeout > 0:

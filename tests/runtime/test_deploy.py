@@ -277,7 +277,7 @@ def test_deploy_killed_node_rejoins_intruder_refused_data_stays_on_its_node(tmp_
         certs_mod.node_key_pair(intruder_key, tmp_path / "intruder.pub")
         env = flower_env(run_path / "deploy" / "flwr_home")
         base = [str(Path(sys.executable).parent / "flower-supernode"), "--superlink", f"127.0.0.1:{pids['port']}",
-                "--root-certificates", str(run_path / "deploy" / "certs" / "ca.pem"), "--isolation", "process",
+                "--root-certificates", str(run_path / "deploy" / "ca.pem"), "--isolation", "process",
                 "--max-retries", "1"]  # fmt: skip
         for extra, why in (
             (["--auth-supernode-private-key", str(intruder_key)], "Failed to activate SuperNode"),
@@ -310,6 +310,9 @@ def test_deploy_killed_node_rejoins_intruder_refused_data_stays_on_its_node(tmp_
     assert all((r, c) in trained for r in range(1, 13) for c in (0, 2))  # the others never missed a round
     assert any(c == 1 and r > killed_round for r, c in trained)  # node 1 came back and trained again
     assert json.loads((run_path / "deploy" / "pids.json").read_text())["restarts"][1] == 1
+    # no private key (CA, SuperLink, nodes, the restarted node's fresh key) was ever among the run's files
+    assert not [p for p in run_path.rglob("*") if p.is_file() and b"PRIVATE KEY" in p.read_bytes()]
+    assert (run_path / "deploy" / "ca.pem").read_bytes().startswith(b"-----BEGIN CERTIFICATE")
 
     # isolation: each node's worker holds only its own partition; every train message a node received carried
     # exactly the bytes the others received that round (the broadcast global adapter), and state only went to
@@ -508,8 +511,8 @@ def test_fltac_on_deploy_matches_local(tmp_path: Path) -> None:
     """FL-TAC over the deployment: the first-contact query for each node's task sizes, several adapters per reply,
     k-means on the server, each member's cluster mean sent back to its own node; the task adapters, router and
     bytes equal those of a `local` run of the same config (one torch thread on both sides)."""
-    job = {"dataset": "sst2+rte", "algorithm_table": {"min_task_examples": 4}, "algorithm": "fltac", "rounds": 2,
-           "client_eval_every": 1}  # fmt: skip
+    job = {"dataset": "sst2+rte", "algorithm_table": {"min_task_examples": 4, "report_truth": False},
+           "algorithm": "fltac", "rounds": 2, "client_eval_every": 1}  # fmt: skip
     dep, local = _deploy_and_local(tmp_path, job)
 
     files = sorted(p.relative_to(local) for p in (local / "adapter").rglob("adapter_model.safetensors"))
@@ -525,7 +528,10 @@ def test_fltac_on_deploy_matches_local(tmp_path: Path) -> None:
     assert (s_dep["bytes_up"], s_dep["bytes_down"]) == (s_local["bytes_up"], s_local["bytes_down"])
     assert s_dep["final"] == s_local["final"]
     clustering = [e for e in _events(dep) if e["event"] == "round"]
-    assert [e["round"] for e in clustering] == [1, 2] and all("ari" in e for e in clustering)
+    assert [e["round"] for e in clustering] == [1, 2] and all("clusters" in e for e in clustering)
+    # true task ids never left a node: no purity/ARI, no task->adapter table, the routed score is the headline
+    assert not any("ari" in e or "purity" in e for e in clustering) and not (dep / "adapter" / "tasks.json").exists()
+    assert "accuracy_routed" in s_dep["final"] and "routing_accuracy" not in s_dep["final"]
 
 
 def test_fedhds_on_deploy_matches_local(tmp_path: Path) -> None:

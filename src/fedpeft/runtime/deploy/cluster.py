@@ -125,7 +125,12 @@ def write_app(folder: Path) -> Path:
 
 
 def superlink_command(port: int, certs: CertPaths | None, host: str = "127.0.0.1") -> list[str]:
-    cmd = [_bin("flower-superlink"), "--host", host, "--port", str(port), "--disable-runtime-dependency-installation"]
+    """Flower's SuperLink through :mod:`fedpeft.runtime.deploy.superlink` (Control and Runtime APIs for loopback
+    peers only; other machines reach the Fleet API), TLS and SuperNode authentication with ``certs``, plain HTTP
+    without."""
+    launcher = Path(__file__).with_name("superlink.py")  # by path: `-m` would import fedpeft (and torch)
+    cmd = [sys.executable, str(launcher), "--host", host, "--port", str(port)]
+    cmd += ["--disable-runtime-dependency-installation"]
     if certs is None:
         return [*cmd, "--insecure"]
     tls = ["--ssl-ca-certfile", str(certs.ca), "--ssl-certfile", str(certs.server_cert)]
@@ -352,14 +357,20 @@ class LocalCluster:
         self.children: dict[int, list[int]] | None = None
         self.port = port or free_port()
         self.certs: CertPaths | None = None
+        # Private keys made for this cluster (CA, SuperLink, nodes, restarted nodes' fresh keys) live in a private
+        # folder (0700, outside the run directory, removed at stop), never among the run's shareable files; only the
+        # public CA certificate is copied into the run directory (``ca.pem``).
+        self.key_dir = Path(tempfile.mkdtemp(prefix="fpk-"))
         if not insecure:
             from fedpeft.runtime.deploy.certs import generate
 
             if certs is None:
-                self.certs = generate(self.workdir / "certs", num_nodes)
+                self.certs = generate(self.key_dir / "certs", num_nodes)
             else:
                 self.certs = CertPaths(Path(certs).resolve())
                 self.certs.check(num_nodes)
+            self.workdir.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(self.certs.ca, self.workdir / "ca.pem")
         self.flwr_home = self.workdir / "flwr_home"
         self.env = flower_env(self.flwr_home)
         self.logs = self.workdir / "logs"
@@ -473,6 +484,7 @@ class LocalCluster:
                     proc.popen.wait(timeout=5)
         _kill_pids(set().union(*(p.tree for p in self.all_procs())))
         shutil.rmtree(self.socket_dir, ignore_errors=True)
+        shutil.rmtree(self.key_dir, ignore_errors=True)
 
     @staticmethod
     def _wait_exit(procs: list[_Proc], grace: float) -> None:
@@ -533,7 +545,7 @@ class LocalCluster:
                 with contextlib.suppress(DeploymentError):  # already gone is fine
                     flwr_cli(["supernode", "unregister", str(self.node_ids[i]), CONNECTION], self.env)
                 self.restarts[i] += 1
-                keys = (self.workdir / "keys" / f"node-{i}.r{self.restarts[i]}", self.workdir / "keys" /
+                keys = (self.key_dir / "keys" / f"node-{i}.r{self.restarts[i]}", self.key_dir / "keys" /
                         f"node-{i}.r{self.restarts[i]}.pub")  # fmt: skip
                 keys[0].parent.mkdir(parents=True, exist_ok=True)
                 node_key_pair(*keys)

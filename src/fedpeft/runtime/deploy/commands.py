@@ -31,7 +31,7 @@ from fedpeft.runtime.deploy.cluster import (
     write_flwr_home,
 )
 
-__all__ = ["serve_node", "serve_superlink"]
+__all__ = ["exposure", "serve_node", "serve_superlink"]
 
 
 def _run_until_stopped(procs: list[_Proc]) -> int:
@@ -64,10 +64,31 @@ def _run_until_stopped(procs: list[_Proc]) -> int:
     return code
 
 
+def exposure(host: str, insecure: bool) -> str:
+    """What binding the SuperLink to ``host`` exposes, in one sentence for the operator."""
+    from fedpeft.runtime.deploy.superlink import is_loopback
+
+    if host in ("localhost", "") or is_loopback(host):
+        return f"the SuperLink listens on {host or '127.0.0.1'} only: nothing is reachable from other machines"
+    fleet = (
+        "the Fleet API WITHOUT TLS or SuperNode authentication (--insecure): anyone who reaches it can join as a "
+        "node and read the global adapter"
+        if insecure
+        else "the Fleet API only (TLS; SuperNodes must hold a registered key)"
+    )
+    return (
+        f"the SuperLink listens on {host}: other machines reach {fleet}; the Control and Runtime APIs "
+        "(register keys, submit, list or stop runs) answer only on this machine"
+    )
+
+
 def serve_superlink(
-    workdir: Path, certs: Path | None, nodes: int, host: str = "0.0.0.0", port: int = 8000, insecure: bool = False
+    workdir: Path, certs: Path | None, nodes: int, host: str = "127.0.0.1", port: int = 8000, insecure: bool = False
 ) -> int:
     """Start the SuperLink, register the public keys of ``nodes`` SuperNodes, and keep it running.
+
+    ``host`` is the interface it binds: loopback by default; another (e.g. ``0.0.0.0``) serves the Fleet API to
+    other machines, the Control and Runtime APIs staying loopback-only (:mod:`fedpeft.runtime.deploy.superlink`).
 
     Raises
     ------
@@ -104,6 +125,7 @@ def serve_superlink(
         link.signal(signal.SIGKILL)
         raise
     print(f"SuperLink listening on {host}:{port} (log {link.log}); FLWR_HOME={flwr_home} (connection {CONNECTION!r})")
+    print(f"fedpeft: {exposure(host, insecure)}", file=sys.stderr)
     return _run_until_stopped([link])
 
 
