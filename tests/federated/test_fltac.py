@@ -128,6 +128,40 @@ def test_clustering_never_reads_the_true_tasks(job, monkeypatch):
 
 
 @pytest.mark.slow
+def test_without_report_truth_no_task_id_leaves_a_client_and_the_adapters_are_the_same(job, monkeypatch):
+    """``report_truth = false`` (the default on deploy): the server does not send the task list, no reply carries
+    a task field, the report has no purity/ARI/per-task table, the routed score is the headline; the adapters are
+    bit-identical to a run that reported the truth (clustering never read it). On deploy, true is refused."""
+    options = {"min_task_examples": 4}
+    told = run_federated(job(data=MIX, federation=FED, algorithm=options), quiet=True).path
+    sent: list[dict] = []
+    original = fltac_client.app._handlers["query.fltac"]
+
+    def spy(ctx, msg):
+        reply = original(ctx, msg)
+        sent.append({"config": dict(msg.config), "metrics": dict(reply.metrics)})
+        return reply
+
+    monkeypatch.setitem(fltac_client.app._handlers, "query.fltac", spy)
+    blind = run_federated(job(data=MIX, federation=FED, algorithm={**options, "report_truth": False}), quiet=True)
+    assert sent and all("task_names" not in s["config"] for s in sent)
+    assert not [k for s in sent for k in s["metrics"] if k.startswith("task")]
+    want, got = adapters(told), adapters(blind.path)
+    assert want.keys() == got.keys() and want
+    for name in want:
+        for key, value in want[name].items():
+            assert torch.equal(got[name][key], value), (name, key)
+    rounds = lines(blind.path, "round")
+    assert rounds and not any("ari" in r or "purity" in r for r in rounds)
+    assert all("ari" in r for r in lines(told, "round"))
+    final = json.loads((blind.path / "summary.json").read_text())["final"]
+    assert final["accuracy"] == final["accuracy_routed"] and "routing_accuracy" not in final
+    assert not (blind.path / "adapter" / "tasks.json").exists() and (told / "adapter" / "tasks.json").exists()
+    with pytest.raises(ConfigError, match="report_truth"):
+        job(data=MIX, federation={**FED, "runtime": "deploy"}, algorithm={**options, "report_truth": True})
+
+
+@pytest.mark.slow
 def test_fltac_resumes_after_a_crash_to_the_same_result(job, monkeypatch):
     cfg = job(data=MIX, federation=FED, algorithm=AUTO_K)
     straight = run_federated(cfg, quiet=True).path

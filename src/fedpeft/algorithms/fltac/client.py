@@ -7,8 +7,8 @@ Three handlers:
 
 - ``query.fltac``: once per client, on first contact: how many slots it has, each slot's example count and mean
   prompt feature (for the ``hidden`` router, computed with the initial adapter the server sends), and, for
-  reporting only, each slot's task index in the list the server sends (purity / ARI / per-task accuracy;
-  clustering never uses it).
+  reporting only and only when the server sends the task list (simulation; never on ``deploy``), each slot's task
+  index in that list (purity / ARI / per-task accuracy; clustering never uses it).
 - ``train.fltac``: for each slot, start from the adapter the server sent for it, train ``train.steps`` steps on that
   task's examples only, send back the update (local - received).
 - ``evaluate.fltac``: each slot's adapter scored on that task's local test examples.
@@ -67,6 +67,8 @@ def _of_task(examples: Sequence[Mapping[str, Any]], task: str) -> list[Mapping[s
 
 @app.on("query.fltac")
 def describe(ctx: ClientContext, msg: Msg) -> Msg:
+    # true task ids go to the server only when it asks (simulation reports), never from a deployed node
+    report = "task_names" in msg.config and ctx.cfg.federation.runtime != "deploy"
     known = str(msg.config.get("task_names", "")).split("|")
     load_adapter_state(ctx.model, msg.arrays)  # the initial adapter: features in the same space as the server's
     arrays: State = {}
@@ -80,7 +82,8 @@ def describe(ctx: ClientContext, msg: Msg) -> Msg:
             sample = [examples[i] for i in sorted(pick)]
             arrays[f"feature{j}"] = prompt_features(ctx.model, sample, ctx.data.collate).mean(0)  # [H]
         metrics[f"n{j}"] = float(len(examples))
-        metrics[f"task{j}"] = float(known.index(task)) if task in known else -1.0  # reporting only
+        if report:
+            metrics[f"task{j}"] = float(known.index(task)) if task in known else -1.0  # reporting only
     metrics["num_slots"] = float(len(tasks))
     metrics["num_examples"] = float(sum(metrics[f"n{j}"] for j in range(len(tasks))) or 1)
     return Msg("query.fltac", arrays=arrays, metrics=metrics)

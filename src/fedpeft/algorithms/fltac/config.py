@@ -43,6 +43,12 @@ class FLTACConfig:
     then send no feature at all).
     ``router_examples``: how many of a task's local examples (a seeded sample) a client averages into the task's
     ``hidden`` router feature, computed once on first contact.
+    ``report_truth``: clients tell the server each slot's true task (on first contact), for the evaluation report
+    only (purity, ARI, each task's own adapter, routing accuracy); clustering never reads it. Default (unset): on
+    in simulation (``local``, ``flower-sim``, where everything is one machine anyway), off on ``deploy``, where
+    true task ids never leave a client (and ``true`` is refused): the report then holds the routed scores only.
+    Privacy: the ``tokens`` distance and router read the clients' vocabularies off their embedding-LoRA uploads
+    (which tokens each task adapter moved): they are for research in simulation, not for private deployments.
     """
 
     num_clusters: int = 0
@@ -57,6 +63,7 @@ class FLTACConfig:
     cluster_min_examples: int = 1
     router: str = "hidden"
     router_examples: int = 64
+    report_truth: bool | None = None
 
     def __post_init__(self) -> None:
         if self.k_selection not in K_SELECTIONS:

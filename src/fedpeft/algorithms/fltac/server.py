@@ -71,10 +71,16 @@ class FLTAC(Algorithm):
         self.counts: dict[str, float] = {}  # member -> training examples
         self.features: dict[str, torch.Tensor] = {}  # member -> mean prompt feature [H] (router)
         self.truth: dict[str, int] = {}  # member -> true task index: REPORTING ONLY, never used to cluster
+        report = self.opts.report_truth
+        self.report_truth = cfg.federation.runtime != "deploy" if report is None else bool(report)
         self._eval_features: torch.Tensor | None = None
 
     @classmethod
     def check_config(cls, cfg: RunConfig) -> None:
+        if cfg.algorithm.report_truth and cfg.federation.runtime == "deploy":
+            raise ConfigError(
+                "algorithm.report_truth", True, "false or unset on deploy: true task ids never leave a client there"
+            )
         # LoRA-only options -> the value that works for any adapter
         for field, lora_only, other in (("distance", ("product", "tokens"), "flat"), ("router", ("tokens",), "hidden")):
             value = getattr(cfg.algorithm, field)
@@ -90,7 +96,9 @@ class FLTAC(Algorithm):
         """First contact: ask clients how many tasks they hold, with counts, router features (and true task ids)."""
         if not clients:
             return
-        config: dict[str, Scalar] = {"round": rnd, "task_names": "|".join(self.task_names)}
+        config: dict[str, Scalar] = {"round": rnd}
+        if self.report_truth:  # the clients answer with each slot's index in this list; without it they never do
+            config["task_names"] = "|".join(self.task_names)
         msgs = [(c, Msg("query.fltac", self.initial, config)) for c in clients]
         for r in grid.send_and_receive(msgs, round=rnd, timeout=self.cfg.federation.timeout):
             if not r.ok or r.msg is None:
@@ -110,7 +118,8 @@ class FLTAC(Algorithm):
             for j in range(n):
                 key = member(r.client_id, j)
                 self.counts[key] = float(m[f"n{j}"])
-                self.truth[key] = int(m.get(f"task{j}", -1))
+                if self.report_truth:
+                    self.truth[key] = int(m.get(f"task{j}", -1))
             self.server.log("client_tasks", round=rnd, client=r.client_id, num_tasks=n)
 
     def start_state(self, client: int, slot: int) -> State:
@@ -180,19 +189,20 @@ class FLTAC(Algorithm):
         final = [stable[lab] for lab in labels]
         for m, cid in zip(members, final, strict=True):
             self.assign[m] = cid
-        truth = [self.truth[m] for m in members]  # reporting only, from here on
         info.update(
-            clusters=len(order),
-            inertia=inertia,
-            purity=cluster.purity(final, truth),
-            ari=cluster.adjusted_rand(final, truth),
-            cluster_sizes=[final.count(cid) for cid in range(len(self.clusters))],
+            clusters=len(order), inertia=inertia, cluster_sizes=[final.count(cid) for cid in range(len(self.clusters))]
         )
+        if self.report_truth:  # reporting only, from here on
+            truth = [self.truth.get(m, -1) for m in members]
+            info.update(purity=cluster.purity(final, truth), ari=cluster.adjusted_rand(final, truth))
         return info
 
     # ------------------------------------------------------------------ evaluation
     def task_clusters(self) -> dict[int, int]:
-        """For reporting: task index -> the cluster that is that task's adapter (matched on the latest assignment)."""
+        """For reporting: task index -> the cluster that is that task's adapter (matched on the latest assignment);
+        empty without ``report_truth``."""
+        if not self.report_truth:
+            return {}
         keys = sorted(self.assign)
         return cluster.task_of_cluster(
             [self.assign[k] for k in keys], [self.truth[k] for k in keys], len(self.task_names)
@@ -209,7 +219,9 @@ class FLTAC(Algorithm):
         )
 
     def global_metrics(self, rnd: int) -> dict[str, float]:
-        """Per-task score of each task's adapter, their mean (the headline), and routed inference."""
+        """Per-task score of each task's adapter, their mean (the headline), and routed inference. Without
+        ``report_truth`` the server cannot know which adapter is which task's: the routed scores only (the
+        headline is then the routed mean)."""
         if not self.clusters:
             return self.server.evaluate(self.initial)
         es = self.eval_set
@@ -220,13 +232,6 @@ class FLTAC(Algorithm):
         for i, t in enumerate(es.tasks):
             by_task.setdefault(t, []).append(i)
         metrics: dict[str, float] = {}
-        for t, rows in sorted(by_task.items()):
-            cid = owner.get(self.task_names.index(t))
-            if cid is None and -1 not in scores:  # a task no clustered adapter serves: the initial adapter, once
-                scores[-1] = es.scores(self.initial)
-            values = scores[cid if cid is not None else -1]
-            metrics[f"{name}_{t}"] = sum(values[i] for i in rows) / len(rows)
-        metrics[name] = sum(metrics[f"{name}_{t}"] for t in by_task) / len(by_task)
         # Routed inference: no task label at test time; the router picks the adapter for each input.
         router = self.router()
         if self._eval_features is None:  # the eval inputs' router features: the same every round
@@ -236,6 +241,16 @@ class FLTAC(Algorithm):
         metrics[f"{name}_routed"] = sum(
             sum(scores[routed[i]][i] for i in rows) / len(rows) for rows in by_task.values()
         ) / len(by_task)
+        if not self.report_truth:
+            metrics[name] = metrics[f"{name}_routed"]
+            return metrics
+        for t, rows in sorted(by_task.items()):
+            cid = owner.get(self.task_names.index(t))
+            if cid is None and -1 not in scores:  # a task no clustered adapter serves: the initial adapter, once
+                scores[-1] = es.scores(self.initial)
+            values = scores[cid if cid is not None else -1]
+            metrics[f"{name}_{t}"] = sum(values[i] for i in rows) / len(rows)
+        metrics[name] = sum(metrics[f"{name}_{t}"] for t in by_task) / len(by_task)
         metrics["routing_accuracy"] = sum(
             routed[i] == owner.get(self.task_names.index(t), -1) for i, t in enumerate(es.tasks)
         ) / len(es.tasks)
@@ -260,6 +275,8 @@ class FLTAC(Algorithm):
         if not self.assign:
             return
         self.router().save(folder)
+        if not self.report_truth:
+            return
         owner = {self.task_names[t]: f"cluster_{c}" for t, c in self.task_clusters().items()}
         (folder / "tasks.json").write_text(json.dumps({"task_adapters_measured": owner}, indent=2) + "\n")
 
