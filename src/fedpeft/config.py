@@ -401,6 +401,42 @@ def _loopback(host: str) -> bool:
 
 
 @dataclass
+class PrivacyConfig:
+    """What the server may learn from the clients' uploads (see docs/privacy.md).
+
+    ``secure_aggregation``: the FedAvg family's adapter updates are summed by SecAgg (Bonawitz et al. 2017) on
+    Flower's SecAgg+ primitives (:mod:`fedpeft.privacy.secagg`): the server learns the sum of the round's
+    surviving clients' updates, weighted by their example counts, and no single update. Three more exchanges per
+    round (keys, masked vectors, unmasking; the key upload rides on the training reply). Clients' losses and
+    example counts still travel in the clear. The server cannot validate or bound a single update any more:
+    each coordinate is clipped to ``[-secagg_clip, secagg_clip]`` before quantization instead.
+    ``secagg_threshold``: fraction of the round's clients whose shares rebuild a secret (at least 2): the round
+    survives ``n - threshold`` dropouts after key sharing, and fewer than ``threshold`` colluding clients learn
+    nothing with the server. ``secagg_bits``: quantization levels per coordinate (``2^bits``; the error per
+    coordinate is at most ``secagg_clip / (2^bits - 1)`` per client, unbiased). ``secagg_modulus_bits``: the
+    masked arithmetic's modulus, large enough for the sum of every client's values.
+    """
+
+    secure_aggregation: bool = False
+    secagg_threshold: float = 0.5
+    secagg_clip: float = 1.0
+    secagg_bits: int = 24
+    secagg_modulus_bits: int = 48
+
+    def __post_init__(self) -> None:
+        if not 0 < self.secagg_threshold <= 1:
+            raise ConfigError("privacy.secagg_threshold", self.secagg_threshold, "a fraction in (0, 1]")
+        if not self.secagg_clip > 0:
+            raise ConfigError("privacy.secagg_clip", self.secagg_clip, "a number > 0")
+        if isinstance(self.secagg_bits, bool) or not 2 <= self.secagg_bits <= 32:
+            raise ConfigError("privacy.secagg_bits", self.secagg_bits, "an integer in [2, 32]")
+        if isinstance(self.secagg_modulus_bits, bool) or not self.secagg_bits + 8 <= self.secagg_modulus_bits <= 62:
+            raise ConfigError(
+                "privacy.secagg_modulus_bits", self.secagg_modulus_bits, f"an integer in [{self.secagg_bits + 8}, 62]"
+            )
+
+
+@dataclass
 class DeployConfig:
     """The ``deploy`` runtime: a SuperLink and one SuperNode per client on this machine, through Flower's deployment
     engine (see docs/deployment.md). Ignored by the other runtimes.
@@ -521,6 +557,7 @@ class RunConfig(JobConfig):
     federation: FederationConfig = field(default_factory=FederationConfig)
     comm: CommConfig = field(default_factory=CommConfig)
     deploy: DeployConfig = field(default_factory=DeployConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
     algorithm: Any = field(default_factory=dict)
     #: modules imported before names are looked up, in the server and every client process (they register their
@@ -543,6 +580,23 @@ class RunConfig(JobConfig):
         elif not isinstance(self.algorithm, algo.config_cls):
             raise ConfigError("algorithm", type(self.algorithm).__name__, f"a {algo.config_cls.__name__} table")
         algo.check_config(self)
+        self._check_privacy(algo)
+
+    def _check_privacy(self, algo: Any) -> None:
+        sa, fed = self.privacy, self.federation
+        if not sa.secure_aggregation:
+            return
+        if not getattr(algo, "supports_secure_aggregation", False):
+            why = f"an algorithm whose aggregate is a sum of updates ({fed.algorithm!r} is not)"
+            raise ConfigError("privacy.secure_aggregation", True, why)
+        n = fed.clients_per_round
+        if n < 2:
+            raise ConfigError("privacy.secure_aggregation", True, "at least 2 clients per round (a sum of one is it)")
+        if n * (2**sa.secagg_bits) >= 2**sa.secagg_modulus_bits:
+            raise ConfigError("privacy.secagg_modulus_bits", sa.secagg_modulus_bits, f"room for a sum of {n} clients")
+        if fed.max_update_norm is not None:
+            why = "unset under secure aggregation (no single update is seen; privacy.secagg_clip bounds them)"
+            raise ConfigError("federation.max_update_norm", fed.max_update_norm, why)
 
 
 # --------------------------------------------------------------------------------------------------------------------

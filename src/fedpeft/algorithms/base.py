@@ -290,6 +290,8 @@ class Algorithm(abc.ABC):
     name: ClassVar[str] = ""
     config_cls: ClassVar[type] = dict
     client_app: ClassVar[ClientApp]
+    #: whether ``privacy.secure_aggregation`` can compute this algorithm's aggregate (a sum of updates)
+    supports_secure_aggregation: ClassVar[bool] = False
 
     def __init__(self, cfg: RunConfig, server: ServerContext) -> None:
         self.cfg = cfg

@@ -15,8 +15,11 @@ from fedpeft.algorithms.aggregation import State, state_sub
 from fedpeft.algorithms.base import ClientApp, ClientContext, Msg
 from fedpeft.algorithms.local_training import evaluate_local, round_train_config, train_local, train_metrics
 from fedpeft.algorithms.lora_aggregation import truncate_to_rank, zero_pad_aggregate
+from fedpeft.algorithms.secure_aggregation import app as secagg_app
+from fedpeft.algorithms.secure_aggregation import hold
 
 app = ClientApp("fedavg")
+app.include(secagg_app)  # the SecAgg exchanges (privacy.secure_aggregation)
 
 
 def proximal_term(
@@ -51,7 +54,10 @@ def train_handler(ctx: ClientContext, msg: Msg) -> Msg:
     local, result = train_local(ctx, start, ctx.data.train, round_train_config(ctx, msg), rnd, extra_loss=extra)
     if rank:
         local = truncate_to_rank(local, rank)
-    return Msg("train", arrays=state_sub(local, received), metrics=train_metrics(ctx, result))
+    update, metrics = state_sub(local, received), train_metrics(ctx, result)
+    if msg.config.get("secagg"):  # the update never leaves in the clear: held for the masked exchange
+        return hold(ctx, update, metrics)
+    return Msg("train", arrays=update, metrics=metrics)
 
 
 @app.on("evaluate")

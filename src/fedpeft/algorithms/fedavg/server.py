@@ -44,6 +44,7 @@ from fedpeft.algorithms.fedavg.config import (
     TrimmedMeanConfig,
 )
 from fedpeft.algorithms.lora_aggregation import lora_pairs, svd_reproject, truncate_to_rank, zero_pad_aggregate
+from fedpeft.algorithms.secure_aggregation import secure_mean
 from fedpeft.errors import ConfigError
 from fedpeft.registry import register_algorithm
 
@@ -58,6 +59,8 @@ class FedAvg(Algorithm):
     config_cls = FedAvgConfig
     client_app = client.app
     opts: FedAvgConfig
+    #: the round's aggregate is a (weighted) sum of updates, so SecAgg can compute it (privacy.secure_aggregation)
+    supports_secure_aggregation = True
 
     def __init__(self, cfg: RunConfig, server: ServerContext) -> None:
         super().__init__(cfg, server)
@@ -78,6 +81,10 @@ class FedAvg(Algorithm):
             )
         if opts.client_ranks and cfg.adapter.method not in ("lora", "rslora"):
             raise ConfigError("adapter.method", cfg.adapter.method, "'lora' or 'rslora' for heterogeneous ranks")
+        if cfg.privacy.secure_aggregation and opts.lora_mode not in ("average", "frozen_a"):
+            raise ConfigError(
+                "algorithm.lora_mode", opts.lora_mode, "'average' or 'frozen_a' under secure aggregation (a plain sum)"
+            )
 
     def make_optimizer(self) -> ServerOptimizer:
         """The server step applied to the combined update (plain FedAvg: ``x + server_lr * mean update``)."""
@@ -115,6 +122,11 @@ class FedAvg(Algorithm):
         clients = self.sample_clients(rnd, grid.client_ids())
         payloads = {c: self.payload(c) for c in clients}
         msgs = [(c, self.train_message(rnd, c, payloads[c])) for c in clients]
+        if self.cfg.privacy.secure_aggregation:  # the server learns the sum only (algorithms/secure_aggregation.py)
+            mean, secure_info = secure_mean(self, rnd, grid, msgs, self.state, self.opts.weighted)
+            if mean is not None:
+                self.state = self.optimizer.step(self.state, mean)
+            return secure_info
         accepted = self.collect(rnd, grid, msgs, reference=lambda c: payloads[c])
         info: dict[str, Any] = {"clients": [a.client_id for a in accepted], "sampled": clients}
         if not accepted:
@@ -203,6 +215,8 @@ class FedAdagrad(FedAdam):
 @register_algorithm("fedmedian")
 class FedMedian(FedAvg):
     """Coordinate-wise median of the updates (Yin et al., ICML 2018); unweighted by definition."""
+
+    supports_secure_aggregation = False  # a median needs every single update
 
     @classmethod
     def check_config(cls, cfg: RunConfig) -> None:

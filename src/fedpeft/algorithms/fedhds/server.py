@@ -43,6 +43,8 @@ Coreset = tuple[str, list[int], int]
 class FedHDS(FedAvg):
     """FedHDS: hierarchical (client, then server) HDBSCAN coreset selection, LoRA on the coreset, FedAvg."""
 
+    supports_secure_aggregation = False  # its own round (selection / split exchanges) aggregates in the clear
+
     config_cls = FedHDSConfig
     client_app = app
     opts: FedHDSConfig

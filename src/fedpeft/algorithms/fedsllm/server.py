@@ -89,6 +89,8 @@ class FedsLLM(FedAvg):
     """FedsLLM: split learning with LoRA (clients: layers below the cut; main server: the rest), SplitFed-style
     per-client server copies, FedAvg of both halves every round."""
 
+    supports_secure_aggregation = False  # its own round (selection / split exchanges) aggregates in the clear
+
     config_cls = FedsLLMConfig
     client_app = client.app
     opts: FedsLLMConfig
