@@ -8,6 +8,8 @@ gets its adapters, checkpoints and summary (bytes per payload kind, phases, the 
 
 from __future__ import annotations
 
+import sys
+
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -93,6 +95,17 @@ class Session:
             **server.size(),
         )
 
+    def warn_privacy(self, server: ServerModel) -> None:
+        """Say (stderr and a ``privacy`` event, every run) when the adapter's uploads name the clients' tokens."""
+        from fedpeft.privacy.audit import warning_text
+
+        vocab = int(server.model.get_input_embeddings().weight.shape[0])
+        trainable = {k: p for k, p in server.model.named_parameters() if p.requires_grad}
+        text = warning_text(trainable, vocab, self.cfg.privacy.secure_aggregation)
+        if text is not None and self.resume is None:
+            print(f"fedpeft: privacy: {text}", file=sys.stderr, flush=True)
+            self.run.log("privacy", message=text)
+
     def execute(self, grid: Grid, server: ServerModel, data: FederatedData) -> None:
         """The part every runtime shares once it has a grid, run in the server process: build the server's own
         resources, restore, run the phases and rounds, save, summarise."""
@@ -108,6 +121,7 @@ class Session:
 
         ctx, close = self.server_context(server, client_states, resources)
         self.log_setup(server, data)
+        self.warn_privacy(server)
         algo = self.make_algorithm(ctx)
         results = algo.run(metered, self.start_round)
         close()
