@@ -98,8 +98,8 @@ class Session:
         """Say (stderr and a ``privacy`` event, every run) when the adapter's uploads name the clients' tokens."""
         from fedpeft.privacy.audit import warning_text
 
-        embedding: Any = server.model.get_input_embeddings()
-        vocab = int(embedding.weight.shape[0])
+        model: Any = server.model  # a transformers model (nn.Module's typing hides get_input_embeddings)
+        vocab = int(model.get_input_embeddings().weight.shape[0])
         trainable = {k: p for k, p in server.model.named_parameters() if p.requires_grad}
         text = warning_text(trainable, vocab, self.cfg.privacy.secure_aggregation)
         if text is not None and self.resume is None:
