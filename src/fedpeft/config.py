@@ -413,15 +413,17 @@ class PrivacyConfig:
     ``secagg_threshold``: fraction of the round's clients whose shares rebuild a secret (at least 2): the round
     survives ``n - threshold`` dropouts after key sharing, and fewer than ``threshold`` colluding clients learn
     nothing with the server. ``secagg_bits``: quantization levels per coordinate (``2^bits``; the error per
-    coordinate is at most ``secagg_clip / (2^bits - 1)`` per client, unbiased). ``secagg_modulus_bits``: the
-    masked arithmetic's modulus, large enough for the sum of every client's values.
+    coordinate is one level, ``2 secagg_clip / (2^bits - 2)``, per client, unbiased). ``secagg_modulus_bits``: the
+    masked arithmetic's modulus; the sum of every client's values must fit (``clients per round * 2^bits``), so
+    the default 32 with 24 bits allows 255 clients per round; up to 32 a masked value travels in 4 bytes (fp32's
+    size), above in 8.
     """
 
     secure_aggregation: bool = False
     secagg_threshold: float = 0.5
     secagg_clip: float = 1.0
     secagg_bits: int = 24
-    secagg_modulus_bits: int = 48
+    secagg_modulus_bits: int = 32
 
     def __post_init__(self) -> None:
         if not 0 < self.secagg_threshold <= 1:

@@ -72,7 +72,8 @@ def test_the_server_gets_fedavgs_adapter_and_never_an_update(job, monkeypatch):
     got = {k.split("/")[0] for arrays in seen for k in arrays}
     assert got == {"pk1", "pk2", "ct", "masked", "b"}  # no dropout: no sk share ever leaves a client
     masked = [a["masked"] for a in seen if "masked" in a]
-    assert len(masked) == 4 and all(int(m.min()) > 0 for m in masked)  # 4 clients; no zero entry
+    # 4 clients; 4 bytes a value (int32: the 32-bit modulus); no zero entry to read a token from
+    assert len(masked) == 4 and all(m.dtype == torch.int32 and bool((m != 0).all()) for m in masked)
     summary = json.loads((secure / "summary.json").read_text())
     kinds = summary["bytes_by_kind"]
     assert "adapter" not in {k for k, v in kinds.items() if v.get("up")} and kinds["secagg"]["up"] > 0
@@ -135,6 +136,9 @@ def test_config_errors(job):
         job(federation={**FED, "algorithm": "fedmedian"}, privacy=SECURE)
     with pytest.raises(ConfigError, match="privacy.secure_aggregation"):
         job(federation={**FED, "fraction": 0.25}, privacy=SECURE)  # one client per round
+    with pytest.raises(ConfigError, match="room for a sum of 300"):  # 300 * 2^24 > 2^32: raise the modulus
+        job(federation={"num_clients": 300}, privacy=SECURE)
+    assert job(federation={"num_clients": 300}, privacy={**SECURE, "secagg_modulus_bits": 33}).privacy
     with pytest.raises(ConfigError, match="max_update_norm"):
         job(federation={**FED, "max_update_norm": 1.0}, privacy=SECURE)
     with pytest.raises(ConfigError, match="lora_mode"):

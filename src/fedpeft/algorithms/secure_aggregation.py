@@ -7,7 +7,8 @@ A round with ``privacy.secure_aggregation`` (the key upload rides on the trainin
    two fresh public keys, its example count and loss (those two in the clear, as in plain FedAvg).
 2. ``train.secagg_shares``: every party's public keys -> each party's encrypted Shamir shares for every other party.
 3. ``train.secagg_masked``: the shares addressed to it and its weight factor -> its masked, quantized vector
-   ``[update * factor, factor * clip]`` (int64, modulo ``2^secagg_modulus_bits``).
+   ``[update * factor, factor * clip]`` modulo ``2^secagg_modulus_bits`` (int32 on the wire, 4 bytes a value like
+   fp32, when the modulus has at most 32 bits; int64 above).
 4. ``train.secagg_unmask``: who is active / dropped -> its shares of the active parties' mask seeds and the dropped
    parties' ``sk1``; the client then forgets every secret of the round.
 
@@ -43,6 +44,23 @@ def levels(bits: int) -> int:
     """Quantization levels: ``2^bits - 1``, odd, so that 0.0 falls on a level and a coordinate every client left
     at zero sums to exactly zero (what FedAvg gives)."""
     return 2**bits - 1
+
+
+def wire_dtype(modulus_bits: int) -> torch.dtype:
+    """What a masked vector travels as: int32 (4 bytes, fp32's size) when values fit in 32 bits, else int64."""
+    return torch.int32 if modulus_bits <= 32 else torch.int64
+
+
+def pack(values: Tensor, modulus_bits: int) -> Tensor:
+    """(D,) int64 in ``[0, 2^bits)`` -> the wire dtype (int32 holds the low 32 bits as two's complement)."""
+    if wire_dtype(modulus_bits) == torch.int64:
+        return values
+    return torch.where(values >= 2**31, values - 2**32, values).to(torch.int32)
+
+
+def unpack(values: Tensor) -> Tensor:
+    """Inverse of :func:`pack`: -> (D,) int64 in ``[0, 2^bits)``."""
+    return values.to(torch.int64) & 0xFFFFFFFF if values.dtype == torch.int32 else values
 
 
 def to_tensor(data: bytes) -> Tensor:
@@ -142,7 +160,7 @@ def masked_handler(ctx: ClientContext, msg: Msg) -> Msg:
     masked = secagg.mask_vector(
         me, q, to_bytes(state[PREFIX + "seed"]), keys, public, neighbours, priv.secagg_modulus_bits
     )
-    return _msg("train.secagg_masked", {"masked": masked})
+    return _msg("train.secagg_masked", {"masked": pack(masked, priv.secagg_modulus_bits)})
 
 
 @app.on("train.secagg_unmask")
@@ -237,9 +255,10 @@ def secure_mean(
 
     def check_masked(c: int, m: Msg) -> None:
         y = m.arrays.get("masked")
-        if y is None or set(m.arrays) != {"masked"} or y.dtype != torch.int64 or tuple(y.shape) != (dim + 1,):
-            raise ValueError(f"expected only 'masked', int64 of shape ({dim + 1},)")
-        if int(y.min()) < 0 or int(y.max()) >= modulus:
+        want = wire_dtype(priv.secagg_modulus_bits)
+        if y is None or set(m.arrays) != {"masked"} or y.dtype != want or tuple(y.shape) != (dim + 1,):
+            raise ValueError(f"expected only 'masked', {want} of shape ({dim + 1},)")
+        if int(unpack(y).min()) < 0 or int(unpack(y).max()) >= modulus:
             raise ValueError("masked values outside [0, modulus)")
 
     masked_msgs = []
@@ -268,7 +287,7 @@ def secure_mean(
     public = {c: (to_bytes(keys[f"pk1/{c}"]), to_bytes(keys[f"pk2/{c}"])) for c in parties}
     try:
         total_q = secagg.unmask_sum(
-            {a: masked[a].arrays["masked"] for a in active},
+            {a: unpack(masked[a].arrays["masked"]) for a in active},
             dead,
             {a: [to_bytes(m.arrays[f"b/{a}"]) for m in revealed.values()] for a in active},
             {d: [to_bytes(m.arrays[f"sk/{d}"]) for m in revealed.values()] for d in dead},
