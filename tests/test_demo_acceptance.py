@@ -2,7 +2,8 @@
 
 The shipped recipe is run through the CLI, with only its size reduced (fewer clients, rounds and training rows, a
 fixed share of the test set), so a change that breaks what the demo shows (aggregation, the embedding LoRA, the
-label-word loss, balanced sampling, the learning-rate decay) fails here rather than in a user's first run.
+label-word loss, balanced sampling, the learning-rate decay, secure aggregation) fails here rather than in a user's
+first run.
 """
 
 from __future__ import annotations
@@ -45,3 +46,6 @@ def test_the_default_job_learns_sst2_at_reduced_size(tmp_path: Path, capsys: pyt
     assert after["accuracy"] >= 0.583, after
     assert after["accuracy"] - before["accuracy"] >= 0.07
     assert 0.2 <= after["pred_frac_1"] <= 0.8
+    # its embedding LoRA names each client's tokens: it is uploaded only under secure aggregation
+    kinds = json.loads((run / "summary.json").read_text())["bytes_by_kind"]
+    assert kinds["adapter"]["up"] == 0 and kinds["secagg"]["up"] > 0

@@ -417,15 +417,34 @@ class PrivacyConfig:
     masked arithmetic's modulus; the sum of every client's values must fit (``clients per round * 2^bits``), so
     the default 32 with 24 bits allows 255 clients per round; up to 32 a masked value travels in 4 bytes (fp32's
     size), above in 8.
+
+    ``dp``: client-level differential privacy (DP-FedAvg, :mod:`fedpeft.privacy.dp`): ``off``, ``central`` (each
+    client clips its update to L2 norm ``dp_clip``; the server adds Gaussian noise of std ``dp_noise_multiplier *
+    dp_clip`` to the round's sum) or ``local`` (each client adds that noise to its own clipped update before it
+    leaves). Either way the mean is the sum over the expected number of clients per round, unweighted. Epsilon at
+    ``dp_delta`` (0 = ``0.1 / num_clients``) is reported every round and in the summary (Opacus's RDP accountant).
+    ``central`` trusts the server with the clipped updates, unless combined with ``secure_aggregation``.
     """
 
     secure_aggregation: bool = False
+    dp: str = "off"
+    dp_clip: float = 1.0
+    dp_noise_multiplier: float = 1.0
+    dp_delta: float = 0.0
     secagg_threshold: float = 0.5
     secagg_clip: float = 1.0
     secagg_bits: int = 24
     secagg_modulus_bits: int = 32
 
     def __post_init__(self) -> None:
+        if self.dp not in ("off", "central", "local"):
+            raise ConfigError("privacy.dp", self.dp, ["off", "central", "local"])
+        if not self.dp_clip > 0:
+            raise ConfigError("privacy.dp_clip", self.dp_clip, "an L2 norm > 0")
+        if not self.dp_noise_multiplier >= 0:
+            raise ConfigError("privacy.dp_noise_multiplier", self.dp_noise_multiplier, "a number >= 0")
+        if not 0 <= self.dp_delta < 1:
+            raise ConfigError("privacy.dp_delta", self.dp_delta, "a probability in (0, 1), or 0 for 0.1 / num_clients")
         if not 0 < self.secagg_threshold <= 1:
             raise ConfigError("privacy.secagg_threshold", self.secagg_threshold, "a fraction in (0, 1]")
         if not self.secagg_clip > 0:
@@ -586,9 +605,16 @@ class RunConfig(JobConfig):
 
     def _check_privacy(self, algo: Any) -> None:
         sa, fed = self.privacy, self.federation
+        summed = getattr(algo, "supports_secure_aggregation", False)  # its aggregate is a sum of updates
+        if sa.dp != "off":
+            if not summed:
+                why = f"an algorithm whose aggregate is a sum of updates ({fed.algorithm!r} is not)"
+                raise ConfigError("privacy.dp", sa.dp, why)
+            if sa.dp_delta == 0:
+                sa.dp_delta = 0.1 / fed.num_clients  # resolved here, so the saved config holds the value used
         if not sa.secure_aggregation:
             return
-        if not getattr(algo, "supports_secure_aggregation", False):
+        if not summed:
             why = f"an algorithm whose aggregate is a sum of updates ({fed.algorithm!r} is not)"
             raise ConfigError("privacy.secure_aggregation", True, why)
         n = fed.clients_per_round

@@ -181,6 +181,7 @@ def _job(
     dataset: str = "sst2",
     algorithm_table: dict[str, Any] | None = None,
     server: dict[str, Any] | None = None,
+    privacy: dict[str, Any] | None = None,
     **federation: Any,
 ) -> RunConfig:
     """tiny-small on SST-2, 3 clients, 1 local step per round, top-k uplink (clients keep error-feedback state)."""
@@ -198,6 +199,7 @@ def _job(
             "comm": {"up": "topk", "topk_ratio": 0.5},
             "algorithm": algorithm_table or {},
             "server": server or {},
+            "privacy": privacy or {},
         },
     )
 
@@ -599,3 +601,20 @@ def test_fedsllm_on_deploy_matches_local(tmp_path: Path) -> None:
     assert set(s_dep["bytes_by_kind"]) == {"adapter", "activations", "gradients", "batch"}
     losses = [[e["train_loss"] for e in _events(p) if e["event"] == "round"] for p in (local, dep)]
     assert losses[0] == pytest.approx(losses[1], abs=1e-6)
+
+
+def test_secure_aggregation_on_deploy_matches_local(tmp_path: Path) -> None:
+    """SecAgg over the deployment: keys on the train reply, then shares routed node to node through the server,
+    masked vectors, unmasking; a node keeps its secrets in its state only between those messages. The same
+    adapter and bytes by kind as a `local` run; no adapter tensor goes up."""
+    job = {"privacy": {"secure_aggregation": True}, "rounds": 2}
+    dep, local = _deploy_and_local(tmp_path, job)
+    want, got = (load_file(p / "adapter" / "adapter_model.safetensors") for p in (local, dep))
+    assert got.keys() == want.keys() and want
+    for key, value in want.items():
+        assert torch.equal(got[key], value), key  # seeded quantization, integer sums: bit-identical
+    s_local, s_dep = (json.loads((p / "summary.json").read_text()) for p in (local, dep))
+    assert s_dep["bytes_by_kind"] == s_local["bytes_by_kind"]
+    assert s_dep["bytes_by_kind"]["adapter"]["up"] == 0 and s_dep["bytes_by_kind"]["secagg"]["up"] > 0
+    rounds = [e for e in _events(dep) if e["event"] == "round"]
+    assert [e["secagg"]["masked"] for e in rounds] == [3, 3]

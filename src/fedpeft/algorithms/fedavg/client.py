@@ -17,6 +17,7 @@ from fedpeft.algorithms.local_training import evaluate_local, round_train_config
 from fedpeft.algorithms.lora_aggregation import truncate_to_rank, zero_pad_aggregate
 from fedpeft.algorithms.secure_aggregation import app as secagg_app
 from fedpeft.algorithms.secure_aggregation import hold
+from fedpeft.privacy import dp
 
 app = ClientApp("fedavg")
 app.include(secagg_app)  # the SecAgg exchanges (privacy.secure_aggregation)
@@ -55,6 +56,10 @@ def train_handler(ctx: ClientContext, msg: Msg) -> Msg:
     if rank:
         local = truncate_to_rank(local, rank)
     update, metrics = state_sub(local, received), train_metrics(ctx, result)
+    if "dp_clip" in msg.config:  # client-level DP: bound this client's influence before anything leaves
+        update = dp.clip_update(update, float(msg.config["dp_clip"]))[0]  # its norm is not reported: it would leak
+        if "dp_noise_std" in msg.config:  # local DP: the noise is added here, from the OS's randomness
+            update = dp.add_noise(update, float(msg.config["dp_noise_std"]), dp.noise_generator())
     if msg.config.get("secagg"):  # the update never leaves in the clear: held for the masked exchange
         return hold(ctx, update, metrics)
     return Msg("train", arrays=update, metrics=metrics)

@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+import torch
+
 from fedpeft.algorithms.aggregation import (
     FedAdagrad as FedAdagradOpt,
 )
@@ -46,6 +48,7 @@ from fedpeft.algorithms.fedavg.config import (
 from fedpeft.algorithms.lora_aggregation import lora_pairs, svd_reproject, truncate_to_rank, zero_pad_aggregate
 from fedpeft.algorithms.secure_aggregation import secure_mean
 from fedpeft.errors import ConfigError
+from fedpeft.privacy import dp
 from fedpeft.registry import register_algorithm
 
 if TYPE_CHECKING:
@@ -66,6 +69,8 @@ class FedAvg(Algorithm):
         super().__init__(cfg, server)
         self.state: State = {k: v.clone() for k, v in server.initial_state.items()}
         self.optimizer = self.make_optimizer()
+        self.dp_rounds: dict[str, int] = {}  # client -> rounds it took part in (local DP accounting)
+        self.dp_epsilon = 0.0
         if self.opts.lora_mode in ("zero_pad", "svd") and not lora_pairs(self.state):
             raise ConfigError("algorithm.lora_mode", self.opts.lora_mode, "a LoRA adapter (no LoRA factors found)")
 
@@ -81,9 +86,10 @@ class FedAvg(Algorithm):
             )
         if opts.client_ranks and cfg.adapter.method not in ("lora", "rslora"):
             raise ConfigError("adapter.method", cfg.adapter.method, "'lora' or 'rslora' for heterogeneous ranks")
-        if cfg.privacy.secure_aggregation and opts.lora_mode not in ("average", "frozen_a"):
+        summed = cfg.privacy.secure_aggregation or cfg.privacy.dp != "off"
+        if summed and opts.lora_mode not in ("average", "frozen_a"):
             raise ConfigError(
-                "algorithm.lora_mode", opts.lora_mode, "'average' or 'frozen_a' under secure aggregation (a plain sum)"
+                "algorithm.lora_mode", opts.lora_mode, "'average' or 'frozen_a' under secure aggregation or DP (a sum)"
             )
 
     def make_optimizer(self) -> ServerOptimizer:
@@ -93,6 +99,11 @@ class FedAvg(Algorithm):
     def train_config(self, rnd: int, client_id: int) -> dict[str, Scalar]:
         """Settings sent with each ``train`` message."""
         cfg: dict[str, Scalar] = {"round": rnd, "lr": self.client_lr(rnd)}
+        priv = self.cfg.privacy
+        if priv.dp != "off":  # the client clips its own update (and, local DP, noises it) before it leaves
+            cfg["dp_clip"] = priv.dp_clip
+            if priv.dp == "local":
+                cfg["dp_noise_std"] = priv.dp_noise_multiplier * priv.dp_clip
         rank = self.client_rank(client_id)
         if rank:
             cfg["rank"] = rank
@@ -122,19 +133,69 @@ class FedAvg(Algorithm):
         clients = self.sample_clients(rnd, grid.client_ids())
         payloads = {c: self.payload(c) for c in clients}
         msgs = [(c, self.train_message(rnd, c, payloads[c])) for c in clients]
-        if self.cfg.privacy.secure_aggregation:  # the server learns the sum only (algorithms/secure_aggregation.py)
-            mean, secure_info = secure_mean(self, rnd, grid, msgs, self.state, self.opts.weighted)
+        priv = self.cfg.privacy
+        if priv.secure_aggregation:  # the server learns the sum only (algorithms/secure_aggregation.py)
+            weighted = self.opts.weighted and priv.dp == "off"
+            mean, info = secure_mean(self, rnd, grid, msgs, self.state, weighted)
+            if mean is not None and priv.dp != "off":  # DP: the sum over the expected count, plus central noise
+                mean = self.dp_mean([mean], len(info["clients"]))
             if mean is not None:
                 self.state = self.optimizer.step(self.state, mean)
-            return secure_info
+            return self.dp_account(rnd, info)
         accepted = self.collect(rnd, grid, msgs, reference=lambda c: payloads[c])
-        info: dict[str, Any] = {"clients": [a.client_id for a in accepted], "sampled": clients}
+        info = {"clients": [a.client_id for a in accepted], "sampled": clients}
         if not accepted:
-            return info  # nothing valid came back: the global adapter stays as it was
+            return self.dp_account(rnd, info)  # nothing valid came back: the global adapter stays as it was
         total = sum(a.num_examples for a in accepted)
         info["train_loss"] = sum(a.metrics.get("loss", 0.0) * a.num_examples for a in accepted) / total
-        self.state = self.optimizer.step(self.state, self.aggregate_updates(accepted, payloads))
+        if priv.dp != "off":
+            # clipped again here: a client that skipped its own clipping gains nothing
+            clipped = [dp.clip_update(a.arrays, priv.dp_clip)[0] for a in accepted]
+            delta = self.dp_mean(clipped, 1)
+        else:
+            delta = self.aggregate_updates(accepted, payloads)
+        self.state = self.optimizer.step(self.state, delta)
+        return self.dp_account(rnd, info)
+
+    # ------------------------------------------------------------------ client-level DP (privacy.dp)
+    def dp_mean(self, parts: Sequence[State], scale: int) -> State:
+        """DP-FedAvg's mean: ``scale *`` the sum of ``parts`` over the expected clients per round, plus (central)
+        Gaussian noise of std ``z * C`` on the sum."""
+        priv, k = self.cfg.privacy, self.cfg.federation.clients_per_round
+        total = {key: torch.stack([p[key] for p in parts]).sum(0) * scale for key in parts[0]}
+        if priv.dp == "central":
+            total = dp.add_noise(total, priv.dp_noise_multiplier * priv.dp_clip, dp.noise_generator())
+        return {key: v / k for key, v in total.items()}
+
+    def dp_account(self, rnd: int, info: dict[str, Any]) -> dict[str, Any]:
+        """Add the privacy spent so far (epsilon at delta) to the round's ``info``."""
+        priv, fed = self.cfg.privacy, self.cfg.federation
+        if priv.dp == "off":
+            return info
+        for c in info.get("clients", []):
+            self.dp_rounds[str(c)] = self.dp_rounds.get(str(c), 0) + 1
+        if priv.dp == "central":
+            eps = dp.epsilon(priv.dp_noise_multiplier, fed.clients_per_round / fed.num_clients, rnd, priv.dp_delta)
+        else:  # each client's own releases, unsampled; the worst client
+            most = max(self.dp_rounds.values(), default=0)
+            eps = dp.epsilon(priv.dp_noise_multiplier, 1.0, most, priv.dp_delta)
+        self.dp_epsilon = eps
+        info.update(dp_epsilon=eps, dp_delta=priv.dp_delta)
         return info
+
+    def results(self) -> dict[str, Any]:
+        out = super().results()
+        priv = self.cfg.privacy
+        if priv.dp != "off":
+            out["privacy"] = {
+                "dp": priv.dp,
+                "epsilon": self.dp_epsilon,
+                "delta": priv.dp_delta,
+                "noise_multiplier": priv.dp_noise_multiplier,
+                "clip": priv.dp_clip,
+                "accountant": "opacus RDP, client-level",
+            }
+        return out
 
     def aggregate_updates(self, accepted: Sequence[Accepted], payloads: Mapping[int, State]) -> State:
         """The pseudo-gradient ``delta`` for the server optimizer, by LoRA mode."""
@@ -155,12 +216,20 @@ class FedAvg(Algorithm):
         return self.state
 
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "state": self.state, "optimizer": self.optimizer.state_dict()}
+        return {
+            **super().state_dict(),
+            "state": self.state,
+            "optimizer": self.optimizer.state_dict(),
+            "dp": {"rounds": self.dp_rounds, "epsilon": self.dp_epsilon},
+        }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         super().load_state_dict(state)
         self.state = dict(state["state"])
         self.optimizer.load_state_dict(state["optimizer"])
+        spent = state.get("dp", {})
+        self.dp_rounds = {str(k): int(v) for k, v in spent.get("rounds", {}).items()}
+        self.dp_epsilon = float(spent.get("epsilon", 0.0))
 
 
 @register_algorithm("fedprox")
