@@ -400,6 +400,33 @@ def _loopback(host: str) -> bool:
         return False
 
 
+#: simulated Byzantine behaviours (fedpeft.algorithms.attacks)
+ATTACKS = ("none", "sign_flip", "scale", "noise", "label_flip")
+
+
+@dataclass
+class AttackConfig:
+    """Simulated Byzantine clients (:mod:`fedpeft.algorithms.attacks`; FedAvg family, ``local`` / ``flower-sim``).
+
+    ``kind``: ``none``, ``sign_flip``, ``scale``, ``noise`` or ``label_flip``. ``fraction``: share of the clients
+    that attack (the same ones every round, drawn with the run's seed). ``scale``: the factor of ``scale``.
+    ``noise_std``: the std of a ``noise`` attacker's random update.
+    """
+
+    kind: str = "none"
+    fraction: float = 0.0
+    scale: float = 10.0
+    noise_std: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.kind not in ATTACKS:
+            raise ConfigError("attack.kind", self.kind, ATTACKS)
+        if not 0 <= self.fraction < 1:
+            raise ConfigError("attack.fraction", self.fraction, "a fraction in [0, 1)")
+        if not self.noise_std > 0:
+            raise ConfigError("attack.noise_std", self.noise_std, "a number > 0")
+
+
 @dataclass
 class PrivacyConfig:
     """What the server may learn from the clients' uploads (see docs/privacy.md).
@@ -579,6 +606,7 @@ class RunConfig(JobConfig):
     comm: CommConfig = field(default_factory=CommConfig)
     deploy: DeployConfig = field(default_factory=DeployConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    attack: AttackConfig = field(default_factory=AttackConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
     algorithm: Any = field(default_factory=dict)
     #: modules imported before names are looked up, in the server and every client process (they register their
@@ -602,6 +630,13 @@ class RunConfig(JobConfig):
             raise ConfigError("algorithm", type(self.algorithm).__name__, f"a {algo.config_cls.__name__} table")
         algo.check_config(self)
         self._check_privacy(algo)
+        if self.attack.kind != "none":
+            if self.federation.runtime == "deploy":
+                raise ConfigError("attack.kind", self.attack.kind, "'none' on deploy (attacks are simulated)")
+            if not getattr(algo, "simulates_attacks", False):  # the FedAvg family's train handler
+                raise ConfigError("attack.kind", self.attack.kind, "'none' for this algorithm (FedAvg family only)")
+            if self.attack.kind == "label_flip" and self.train.loss != "label_words":
+                raise ConfigError("attack.kind", "label_flip", "train.loss = 'label_words' (class labels to flip)")
 
     def _check_privacy(self, algo: Any) -> None:
         sa, fed = self.privacy, self.federation

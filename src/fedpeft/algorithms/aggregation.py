@@ -281,6 +281,36 @@ def coordinate_median(states: Sequence[Mapping[str, Tensor]]) -> State:
     return out
 
 
+def multi_krum(states: Sequence[Mapping[str, Tensor]], byzantine: int, select: int = 1) -> State:
+    """(Multi-)Krum (Blanchard et al., NeurIPS 2017): the unweighted mean of the ``select`` states with the lowest
+    score, a state's score being the sum of its squared L2 distances to its ``n - byzantine - 2`` nearest others.
+
+    ``select = 1`` is Krum; ``select = n - byzantine`` is the usual multi-Krum. Needs ``n > byzantine + 2``.
+    """
+    keys = _check_states(states)
+    n = len(states)
+    if not (isinstance(byzantine, int) and byzantine >= 0 and n - byzantine - 2 >= 1):
+        raise ValueError(f"Krum needs n > byzantine + 2; got n={n}, byzantine={byzantine}")
+    if not 1 <= select <= n:
+        raise ValueError(f"select must lie in [1, {n}], got {select}")
+    flat = torch.stack([torch.cat([s[k].reshape(-1).to(torch.float64) for k in keys]) for s in states])  # [n, D]
+    dist = torch.cdist(flat, flat) ** 2  # [n, n]
+    near = n - byzantine - 2
+    scores = torch.sort(dist, dim=1).values[:, 1 : near + 1].sum(1)  # [n]; column 0 is the distance to itself
+    chosen = torch.argsort(scores, stable=True)[:select].tolist()
+    return weighted_average([states[i] for i in sorted(chosen)])
+
+
+def clip_norms(states: Sequence[Mapping[str, Tensor]], max_norm: float) -> list[State]:
+    """Each state scaled to joint L2 norm at most ``max_norm`` (norm-clipping defence)."""
+    out: list[State] = []
+    for s in states:
+        norm = sum(float((v.to(torch.float64) ** 2).sum()) for v in s.values()) ** 0.5
+        scale = min(1.0, max_norm / norm) if norm > 0 else 1.0
+        out.append({k: v * scale for k, v in s.items()})
+    return out
+
+
 def trimmed_mean(states: Sequence[Mapping[str, Tensor]], beta: float) -> State:
     """Coordinate-wise trimmed mean of client states (unweighted).
 

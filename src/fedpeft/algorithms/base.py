@@ -292,6 +292,8 @@ class Algorithm(abc.ABC):
     client_app: ClassVar[ClientApp]
     #: whether ``privacy.secure_aggregation`` can compute this algorithm's aggregate (a sum of updates)
     supports_secure_aggregation: ClassVar[bool] = False
+    #: whether its clients act out ``[attack]`` (simulated Byzantine clients)
+    simulates_attacks: ClassVar[bool] = False
 
     def __init__(self, cfg: RunConfig, server: ServerContext) -> None:
         self.cfg = cfg

@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import Tensor
 
+from fedpeft.algorithms import attacks
 from fedpeft.algorithms.aggregation import State, state_sub
 from fedpeft.algorithms.base import ClientApp, ClientContext, Msg
 from fedpeft.algorithms.local_training import evaluate_local, round_train_config, train_local, train_metrics
@@ -52,10 +53,16 @@ def train_handler(ctx: ClientContext, msg: Msg) -> Msg:
     start = fit_to_model(received, ctx) if rank else received
     mu = float(msg.config.get("proximal_mu", 0.0))
     extra = proximal_term(ctx.model, start, mu) if mu > 0 else None
-    local, result = train_local(ctx, start, ctx.data.train, round_train_config(ctx, msg), rnd, extra_loss=extra)
+    attack = attacks.kind_of(ctx.cfg, ctx.client_id)  # "none" for every honest client
+    examples = ctx.data.train
+    if attack == "label_flip":
+        examples = attacks.flip_labels(examples, len(ctx.data.word_ids) if ctx.data.word_ids is not None else 2)
+    local, result = train_local(ctx, start, examples, round_train_config(ctx, msg), rnd, extra_loss=extra)
     if rank:
         local = truncate_to_rank(local, rank)
     update, metrics = state_sub(local, received), train_metrics(ctx, result)
+    if attack != "none":
+        update = attacks.corrupt(attack, update, ctx.cfg, ctx.generator(rnd, "attack"))
     if "dp_clip" in msg.config:  # client-level DP: bound this client's influence before anything leaves
         update = dp.clip_update(update, float(msg.config["dp_clip"]))[0]  # its norm is not reported: it would leak
         if "dp_noise_std" in msg.config:  # local DP: the noise is added here, from the OS's randomness

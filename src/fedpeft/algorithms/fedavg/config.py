@@ -26,15 +26,21 @@ class FedAvgConfig:
     ``ffa_lora``, which makes averaging exact), ``zero_pad`` (HetLoRA) or ``svd`` (FlexLoRA) for heterogeneous ranks.
     ``client_ranks``: LoRA rank of each client for ``zero_pad`` / ``svd``, repeated cyclically over the clients
     (e.g. ``[4, 8, 16]``); every rank <= ``adapter.r``, the global rank.
+    ``clip_norm``: scale every client update to L2 norm at most this before combining (a norm-clipping defence
+    against scaled updates; unlike ``federation.max_update_norm``, which rejects them). ``lora_mode`` average /
+    frozen_a only.
     """
 
     weighted: bool = True
     server_lr: float = 1.0
     lora_mode: str = "average"
     client_ranks: list[int] | None = None
+    clip_norm: float | None = None
 
     def __post_init__(self) -> None:
         _positive("server_lr", self.server_lr)
+        if self.clip_norm is not None:
+            _positive("clip_norm", self.clip_norm)
         if self.lora_mode not in LORA_MODES:
             raise ConfigError("algorithm.lora_mode", self.lora_mode, LORA_MODES)
         heterogeneous = self.lora_mode in ("zero_pad", "svd")
@@ -123,3 +129,19 @@ class FLoRAConfig:
             not ranks or any(isinstance(r, bool) or not isinstance(r, int) or r < 1 for r in ranks)
         ):
             raise ConfigError("algorithm.client_ranks", ranks, "a non-empty list of integers >= 1")
+
+
+@dataclass
+class KrumConfig(FedAvgConfig):
+    """(Multi-)Krum (Blanchard et al. 2017): ``byzantine`` = f, the number of Byzantine clients tolerated per round
+    (needs clients per round > f + 2); ``select`` = m updates averaged (1 = Krum; 0 = n - f, multi-Krum)."""
+
+    byzantine: int = 1
+    select: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if isinstance(self.byzantine, bool) or not isinstance(self.byzantine, int) or self.byzantine < 0:
+            raise ConfigError("algorithm.byzantine", self.byzantine, "an integer >= 0")
+        if isinstance(self.select, bool) or not isinstance(self.select, int) or self.select < 0:
+            raise ConfigError("algorithm.select", self.select, "an integer >= 0 (0 = clients per round - byzantine)")

@@ -27,7 +27,9 @@ from fedpeft.algorithms.aggregation import (
     FedAvgServer,
     ServerOptimizer,
     State,
+    clip_norms,
     coordinate_median,
+    multi_krum,
     state_add,
     state_sub,
     trimmed_mean,
@@ -43,6 +45,7 @@ from fedpeft.algorithms.fedavg.config import (
     FedAvgMConfig,
     FedOptConfig,
     FedProxConfig,
+    KrumConfig,
     TrimmedMeanConfig,
 )
 from fedpeft.algorithms.lora_aggregation import lora_pairs, svd_reproject, truncate_to_rank, zero_pad_aggregate
@@ -64,6 +67,7 @@ class FedAvg(Algorithm):
     opts: FedAvgConfig
     #: the round's aggregate is a (weighted) sum of updates, so SecAgg can compute it (privacy.secure_aggregation)
     supports_secure_aggregation = True
+    simulates_attacks = True  # its train handler plays [attack] (robust variants below are the defences)
 
     def __init__(self, cfg: RunConfig, server: ServerContext) -> None:
         super().__init__(cfg, server)
@@ -87,6 +91,8 @@ class FedAvg(Algorithm):
         if opts.client_ranks and cfg.adapter.method not in ("lora", "rslora"):
             raise ConfigError("adapter.method", cfg.adapter.method, "'lora' or 'rslora' for heterogeneous ranks")
         summed = cfg.privacy.secure_aggregation or cfg.privacy.dp != "off"
+        if opts.clip_norm is not None and opts.lora_mode not in ("average", "frozen_a"):
+            raise ConfigError("algorithm.clip_norm", opts.clip_norm, "unset unless lora_mode is average / frozen_a")
         if summed and opts.lora_mode not in ("average", "frozen_a"):
             raise ConfigError(
                 "algorithm.lora_mode", opts.lora_mode, "'average' or 'frozen_a' under secure aggregation or DP (a sum)"
@@ -202,7 +208,10 @@ class FedAvg(Algorithm):
         weights = [float(a.num_examples) for a in accepted]
         mode = self.opts.lora_mode
         if mode in ("average", "frozen_a"):
-            return self.combine([a.arrays for a in accepted], weights)
+            updates = [a.arrays for a in accepted]
+            if self.opts.clip_norm is not None:  # bound each client's pull before the combination
+                updates = clip_norms(updates, self.opts.clip_norm)
+            return self.combine(updates, weights)
         # Heterogeneous ranks: rebuild each client's local adapter at its rank, combine at the global rank.
         locals_ = [state_add(payloads[a.client_id], a.arrays) for a in accepted]
         w = weights if self.opts.weighted else None
@@ -306,3 +315,25 @@ class FedTrimmedAvg(FedMedian):
 
     def combine(self, updates: Sequence[State], weights: Sequence[float]) -> State:
         return trimmed_mean(updates, self.opts.beta)
+
+
+@register_algorithm("fedkrum")
+class FedKrum(FedMedian):
+    """(Multi-)Krum (Blanchard et al., NeurIPS 2017): average the updates closest to their neighbours."""
+
+    config_cls = KrumConfig
+    opts: KrumConfig
+
+    @classmethod
+    def check_config(cls, cfg: RunConfig) -> None:
+        super().check_config(cfg)
+        n, f = cfg.federation.clients_per_round, cfg.algorithm.byzantine
+        if n <= f + 2:
+            raise ConfigError("algorithm.byzantine", f, f"fewer than clients per round - 2 = {n - 2}")
+
+    def combine(self, updates: Sequence[State], weights: Sequence[float]) -> State:
+        f = min(self.opts.byzantine, len(updates) - 3)  # a round with dropouts: still a valid Krum
+        if f < 0:
+            return coordinate_median(updates)  # fewer than 3 updates: nothing to score
+        select = self.opts.select or len(updates) - f
+        return multi_krum(updates, f, min(select, len(updates)))

@@ -44,6 +44,7 @@ class FedHDS(FedAvg):
     """FedHDS: hierarchical (client, then server) HDBSCAN coreset selection, LoRA on the coreset, FedAvg."""
 
     supports_secure_aggregation = False  # its own round (selection / split exchanges) aggregates in the clear
+    simulates_attacks = False
 
     config_cls = FedHDSConfig
     client_app = app

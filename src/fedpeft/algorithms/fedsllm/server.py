@@ -90,6 +90,7 @@ class FedsLLM(FedAvg):
     per-client server copies, FedAvg of both halves every round."""
 
     supports_secure_aggregation = False  # its own round (selection / split exchanges) aggregates in the clear
+    simulates_attacks = False
 
     config_cls = FedsLLMConfig
     client_app = client.app
