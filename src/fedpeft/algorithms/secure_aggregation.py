@@ -132,9 +132,14 @@ def hold(ctx: ClientContext, update: State, metrics: Mapping[str, float]) -> Msg
 def shares_handler(ctx: ClientContext, msg: Msg) -> Msg:
     """Step 2: split a fresh mask seed and ``sk1`` among the parties, encrypt each share for its holder."""
     me, keys, public = ctx.client_id, _keys(ctx.state), _public(msg.arrays)
+    threshold = int(msg.config["threshold"])
+    floor = secagg.threshold_for(len(public), ctx.cfg.privacy.secagg_threshold)
+    if threshold < floor:  # the run's own setting, not the server's word, decides how many shares a secret needs
+        raise ValueError(f"threshold {threshold} below the run's {floor} for {len(public)} parties")
     seed = secagg.fresh_seed()
-    out, own = secagg.encrypt_shares(me, keys, seed, public, int(msg.config["threshold"]))
+    out, own = secagg.encrypt_shares(me, keys, seed, public, threshold)
     ctx.state[PREFIX + "seed"] = to_tensor(seed)
+    ctx.state[PREFIX + "threshold"] = threshold
     ctx.state[f"{PREFIX}share_b/{me}"], ctx.state[f"{PREFIX}share_sk/{me}"] = to_tensor(own[0]), to_tensor(own[1])
     return _msg("train.secagg_shares", {f"ct/{dst}": to_tensor(ct) for dst, ct in out.items()})
 
@@ -170,9 +175,10 @@ def unmask_handler(ctx: ClientContext, msg: Msg) -> Msg:
     dead = [int(x) for x in msg.arrays["dead"].tolist()]
     if set(active) & set(dead):
         raise ValueError("a party cannot be both active and dropped: that would reveal both of its secrets")
-    if len(active) < int(msg.config["threshold"]):
-        raise ValueError(f"{len(active)} active parties, fewer than the threshold {msg.config['threshold']}")
     state = ctx.state
+    threshold = int(state[PREFIX + "threshold"])  # as agreed when the shares were made
+    if len(active) < threshold:
+        raise ValueError(f"{len(active)} active parties, fewer than the threshold {threshold}")
     try:
         out = {f"b/{a}": state[f"{PREFIX}share_b/{a}"] for a in active}
         out.update({f"sk/{d}": state[f"{PREFIX}share_sk/{d}"] for d in dead})
