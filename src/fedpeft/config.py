@@ -449,8 +449,14 @@ class PrivacyConfig:
     client clips its update to L2 norm ``dp_clip``; the server adds Gaussian noise of std ``dp_noise_multiplier *
     dp_clip`` to the round's sum) or ``local`` (each client adds that noise to its own clipped update before it
     leaves). Either way the mean is the sum over the expected number of clients per round, unweighted. Epsilon at
-    ``dp_delta`` (0 = ``0.1 / num_clients``) is reported every round and in the summary (Opacus's RDP accountant).
+    ``dp_delta`` (0 = ``0.1 / num_clients``; ``1e-5`` for ``sample``) is reported every round and in the summary
+    (Opacus's RDP accountant).
     ``central`` trusts the server with the clipped updates, unless combined with ``secure_aggregation``.
+    ``sample``: DP-SGD in each client's local training instead (:mod:`fedpeft.privacy.dp_sgd`): every example's
+    gradient clipped to ``dp_clip``, noise ``dp_noise_multiplier * dp_clip`` on each batch's sum; epsilon of each
+    client's own examples (its running total across rounds; the round reports the worst client). Needs
+    ``train.grad_accum = 1`` and an adapter Opacus gives per-example gradients for (LoRA on linear layers, not on
+    the embedding).
     """
 
     secure_aggregation: bool = False
@@ -464,8 +470,8 @@ class PrivacyConfig:
     secagg_modulus_bits: int = 32
 
     def __post_init__(self) -> None:
-        if self.dp not in ("off", "central", "local"):
-            raise ConfigError("privacy.dp", self.dp, ["off", "central", "local"])
+        if self.dp not in ("off", "central", "local", "sample"):
+            raise ConfigError("privacy.dp", self.dp, ["off", "central", "local", "sample"])
         if not self.dp_clip > 0:
             raise ConfigError("privacy.dp_clip", self.dp_clip, "an L2 norm > 0")
         if not self.dp_noise_multiplier >= 0:
@@ -646,7 +652,10 @@ class RunConfig(JobConfig):
                 why = f"an algorithm whose aggregate is a sum of updates ({fed.algorithm!r} is not)"
                 raise ConfigError("privacy.dp", sa.dp, why)
             if sa.dp_delta == 0:
-                sa.dp_delta = 0.1 / fed.num_clients  # resolved here, so the saved config holds the value used
+                # resolved here, so that the saved config holds the value used
+                sa.dp_delta = 1e-5 if sa.dp == "sample" else 0.1 / fed.num_clients
+            if sa.dp == "sample" and self.train.grad_accum != 1:
+                raise ConfigError("train.grad_accum", self.train.grad_accum, "1 under DP-SGD (privacy.dp = 'sample')")
         if not sa.secure_aggregation:
             return
         if not summed:

@@ -240,6 +240,7 @@ def secure_mean(
         )
     for c, m in trained.items():
         alg.server.log("client_train", round=rnd, client=c, **dict(m.metrics))
+    info["reported"] = {c: dict(m.metrics) for c, m in trained.items()}  # popped by the caller (DP accounting)
     if len(trained) < 2:
         secagg_info["aborted"] = "fewer than 2 parties"
         return None, info

@@ -143,13 +143,17 @@ class Trainer:
         scaled = value / self.cfg.grad_accum
         if counting and scaled.requires_grad:
             assert fwd is not None
-            with FlopCounterMode(display=False) as bwd:  # the backward's FLOPs, on a throwaway pass
-                torch.autograd.grad(scaled, self.params, retain_graph=True, allow_unused=True)
-            known = int(fwd.get_total_flops()) + int(bwd.get_total_flops())
+            known = int(fwd.get_total_flops()) + self.count_backward(scaled)
             FLOPS.record(key, b, t, known)
         add_flops(known or 0)
         scaled.backward()  # the real backward, never under the counter
         return float(value.detach())
+
+    def count_backward(self, scaled: Tensor) -> int:
+        """FLOPs of the backward of ``scaled``, counted on a throwaway pass (gradients are not accumulated)."""
+        with FlopCounterMode(display=False) as bwd:
+            torch.autograd.grad(scaled, self.params, retain_graph=True, allow_unused=True)
+        return int(bwd.get_total_flops())
 
     def grad_sq_norm(self) -> float:
         """The squared L2 norm of the accumulated gradients (parameters without a gradient count 0)."""

@@ -6,6 +6,7 @@ error feedback), and lets robust aggregators and server optimizers work on pseud
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 
 import torch
@@ -18,7 +19,9 @@ from fedpeft.algorithms.local_training import evaluate_local, round_train_config
 from fedpeft.algorithms.lora_aggregation import truncate_to_rank, zero_pad_aggregate
 from fedpeft.algorithms.secure_aggregation import app as secagg_app
 from fedpeft.algorithms.secure_aggregation import hold
+from fedpeft.config import TrainConfig
 from fedpeft.privacy import dp
+from fedpeft.privacy.dp_sgd import DPSGDTrainer, client_epsilon
 
 app = ClientApp("fedavg")
 app.include(secagg_app)  # the SecAgg exchanges (privacy.secure_aggregation)
@@ -57,10 +60,23 @@ def train_handler(ctx: ClientContext, msg: Msg) -> Msg:
     examples = ctx.data.train
     if attack == "label_flip":
         examples = attacks.flip_labels(examples, len(ctx.data.word_ids) if ctx.data.word_ids is not None else 2)
-    local, result = train_local(ctx, start, examples, round_train_config(ctx, msg), rnd, extra_loss=extra)
+    cfg = round_train_config(ctx, msg)
+    trainer = dp_sgd_trainer(ctx, cfg) if ctx.cfg.privacy.dp == "sample" else None
+    try:
+        local, result = train_local(ctx, start, examples, cfg, rnd, extra_loss=extra, trainer=trainer)
+    finally:
+        if trainer is not None:
+            trainer.close()
     if rank:
         local = truncate_to_rank(local, rank)
     update, metrics = state_sub(local, received), train_metrics(ctx, result)
+    if trainer is not None:  # the privacy this client's examples have spent so far (its own running total)
+        priv = ctx.cfg.privacy
+        total = int(ctx.state.get("dp/updates", 0)) + trainer.updates
+        ctx.state["dp/updates"] = total
+        metrics["dp_epsilon"] = client_epsilon(
+            total, cfg.batch_size, len(examples), priv.dp_noise_multiplier, priv.dp_delta
+        )
     if attack != "none":
         update = attacks.corrupt(attack, update, ctx.cfg, ctx.generator(rnd, "attack"))
     if "dp_clip" in msg.config:  # client-level DP: bound this client's influence before anything leaves
@@ -70,6 +86,18 @@ def train_handler(ctx: ClientContext, msg: Msg) -> Msg:
     if msg.config.get("secagg"):  # the update never leaves in the clear: held for the masked exchange
         return hold(ctx, update, metrics)
     return Msg("train", arrays=update, metrics=metrics)
+
+
+def dp_sgd_trainer(ctx: ClientContext, cfg: TrainConfig) -> DPSGDTrainer:
+    """A DP-SGD trainer for this round (privacy.dp = "sample"); per-example clipping replaces ``max_grad_norm``."""
+    priv = ctx.cfg.privacy
+    return DPSGDTrainer(
+        ctx.model,
+        dataclasses.replace(cfg, max_grad_norm=0.0),
+        word_ids=ctx.data.word_ids,
+        clip=priv.dp_clip,
+        noise_multiplier=priv.dp_noise_multiplier,
+    )
 
 
 @app.on("evaluate")

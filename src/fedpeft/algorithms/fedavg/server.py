@@ -74,6 +74,7 @@ class FedAvg(Algorithm):
         self.state: State = {k: v.clone() for k, v in server.initial_state.items()}
         self.optimizer = self.make_optimizer()
         self.dp_rounds: dict[str, int] = {}  # client -> rounds it took part in (local DP accounting)
+        self.dp_sample_eps: dict[str, float] = {}  # client -> its examples' epsilon so far (DP-SGD)
         self.dp_epsilon = 0.0
         if self.opts.lora_mode in ("zero_pad", "svd") and not lora_pairs(self.state):
             raise ConfigError("algorithm.lora_mode", self.opts.lora_mode, "a LoRA adapter (no LoRA factors found)")
@@ -106,7 +107,7 @@ class FedAvg(Algorithm):
         """Settings sent with each ``train`` message."""
         cfg: dict[str, Scalar] = {"round": rnd, "lr": self.client_lr(rnd)}
         priv = self.cfg.privacy
-        if priv.dp != "off":  # the client clips its own update (and, local DP, noises it) before it leaves
+        if priv.dp in ("central", "local"):  # the client clips its update (local DP: noises it) before it leaves
             cfg["dp_clip"] = priv.dp_clip
             if priv.dp == "local":
                 cfg["dp_noise_std"] = priv.dp_noise_multiplier * priv.dp_clip
@@ -141,27 +142,29 @@ class FedAvg(Algorithm):
         msgs = [(c, self.train_message(rnd, c, payloads[c])) for c in clients]
         priv = self.cfg.privacy
         if priv.secure_aggregation:  # the server learns the sum only (algorithms/secure_aggregation.py)
-            weighted = self.opts.weighted and priv.dp == "off"
-            mean, info = secure_mean(self, rnd, grid, msgs, self.state, weighted)
-            if mean is not None and priv.dp != "off":  # DP: the sum over the expected count, plus central noise
+            client_level = priv.dp in ("central", "local")
+            mean, info = secure_mean(self, rnd, grid, msgs, self.state, self.opts.weighted and not client_level)
+            reported = info.pop("reported", {})
+            if mean is not None and client_level:  # DP: the sum over the expected count, plus central noise
                 mean = self.dp_mean([mean], len(info["clients"]))
             if mean is not None:
                 self.state = self.optimizer.step(self.state, mean)
-            return self.dp_account(rnd, info)
+            return self.dp_account(rnd, info, reported)
         accepted = self.collect(rnd, grid, msgs, reference=lambda c: payloads[c])
         info = {"clients": [a.client_id for a in accepted], "sampled": clients}
+        reported = {a.client_id: a.metrics for a in accepted}
         if not accepted:
-            return self.dp_account(rnd, info)  # nothing valid came back: the global adapter stays as it was
+            return self.dp_account(rnd, info, reported)  # nothing valid came back: the global adapter stays
         total = sum(a.num_examples for a in accepted)
         info["train_loss"] = sum(a.metrics.get("loss", 0.0) * a.num_examples for a in accepted) / total
-        if priv.dp != "off":
+        if priv.dp in ("central", "local"):
             # clipped again here: a client that skipped its own clipping gains nothing
             clipped = [dp.clip_update(a.arrays, priv.dp_clip)[0] for a in accepted]
             delta = self.dp_mean(clipped, 1)
         else:
             delta = self.aggregate_updates(accepted, payloads)
         self.state = self.optimizer.step(self.state, delta)
-        return self.dp_account(rnd, info)
+        return self.dp_account(rnd, info, reported)
 
     # ------------------------------------------------------------------ client-level DP (privacy.dp)
     def dp_mean(self, parts: Sequence[State], scale: int) -> State:
@@ -173,14 +176,20 @@ class FedAvg(Algorithm):
             total = dp.add_noise(total, priv.dp_noise_multiplier * priv.dp_clip, dp.noise_generator())
         return {key: v / k for key, v in total.items()}
 
-    def dp_account(self, rnd: int, info: dict[str, Any]) -> dict[str, Any]:
-        """Add the privacy spent so far (epsilon at delta) to the round's ``info``."""
+    def dp_account(self, rnd: int, info: dict[str, Any], reported: Mapping[int, Mapping[str, Any]]) -> dict[str, Any]:
+        """Add the privacy spent so far (epsilon at delta) to the round's ``info``; ``reported``: the clients'
+        metrics this round (DP-SGD clients report their own epsilon)."""
         priv, fed = self.cfg.privacy, self.cfg.federation
         if priv.dp == "off":
             return info
         for c in info.get("clients", []):
             self.dp_rounds[str(c)] = self.dp_rounds.get(str(c), 0) + 1
-        if priv.dp == "central":
+        if priv.dp == "sample":  # each client's examples; the worst client so far
+            for c, m in reported.items():
+                if "dp_epsilon" in m:
+                    self.dp_sample_eps[str(c)] = float(m["dp_epsilon"])
+            eps = max(self.dp_sample_eps.values(), default=0.0)
+        elif priv.dp == "central":
             eps = dp.epsilon(priv.dp_noise_multiplier, fed.clients_per_round / fed.num_clients, rnd, priv.dp_delta)
         else:  # each client's own releases, unsampled; the worst client
             most = max(self.dp_rounds.values(), default=0)
@@ -199,7 +208,8 @@ class FedAvg(Algorithm):
                 "delta": priv.dp_delta,
                 "noise_multiplier": priv.dp_noise_multiplier,
                 "clip": priv.dp_clip,
-                "accountant": "opacus RDP, client-level",
+                "accountant": "opacus RDP, "
+                + ("example-level, worst client" if priv.dp == "sample" else "client-level"),
             }
         return out
 
@@ -229,7 +239,7 @@ class FedAvg(Algorithm):
             **super().state_dict(),
             "state": self.state,
             "optimizer": self.optimizer.state_dict(),
-            "dp": {"rounds": self.dp_rounds, "epsilon": self.dp_epsilon},
+            "dp": {"rounds": self.dp_rounds, "epsilon": self.dp_epsilon, "sample": self.dp_sample_eps},
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -239,6 +249,7 @@ class FedAvg(Algorithm):
         spent = state.get("dp", {})
         self.dp_rounds = {str(k): int(v) for k, v in spent.get("rounds", {}).items()}
         self.dp_epsilon = float(spent.get("epsilon", 0.0))
+        self.dp_sample_eps = {str(k): float(v) for k, v in spent.get("sample", {}).items()}
 
 
 @register_algorithm("fedprox")
@@ -247,6 +258,12 @@ class FedProx(FedAvg):
 
     config_cls = FedProxConfig
     opts: FedProxConfig
+
+    @classmethod
+    def check_config(cls, cfg: RunConfig) -> None:
+        super().check_config(cfg)
+        if cfg.privacy.dp == "sample" and cfg.algorithm.mu > 0:  # the proximal term has no per-example gradient
+            raise ConfigError("privacy.dp", "sample", "not with FedProx's proximal term (use dp = 'central' / 'local')")
 
     def train_config(self, rnd: int, client_id: int) -> dict[str, Scalar]:
         return {**super().train_config(rnd, client_id), "proximal_mu": self.opts.mu}
