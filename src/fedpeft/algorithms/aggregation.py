@@ -302,13 +302,10 @@ def multi_krum(states: Sequence[Mapping[str, Tensor]], byzantine: int, select: i
 
 
 def clip_norms(states: Sequence[Mapping[str, Tensor]], max_norm: float) -> list[State]:
-    """Each state scaled to joint L2 norm at most ``max_norm`` (norm-clipping defence)."""
-    out: list[State] = []
-    for s in states:
-        norm = sum(float((v.to(torch.float64) ** 2).sum()) for v in s.values()) ** 0.5
-        scale = min(1.0, max_norm / norm) if norm > 0 else 1.0
-        out.append({k: v * scale for k, v in s.items()})
-    return out
+    """Each state scaled to joint L2 norm at most ``max_norm`` (norm-clipping defence; DP's clipping rule)."""
+    from fedpeft.privacy.dp import clip_update
+
+    return [clip_update(s, max_norm)[0] for s in states]
 
 
 def trimmed_mean(states: Sequence[Mapping[str, Tensor]], beta: float) -> State:

@@ -159,7 +159,7 @@ class FedAvg(Algorithm):
         info["train_loss"] = sum(a.metrics.get("loss", 0.0) * a.num_examples for a in accepted) / total
         if priv.dp in ("central", "local"):
             # clipped again here: a client that skipped its own clipping gains nothing
-            clipped = [dp.clip_update(a.arrays, priv.dp_clip)[0] for a in accepted]
+            clipped = clip_norms([a.arrays for a in accepted], priv.dp_clip)
             delta = self.dp_mean(clipped, 1)
         else:
             delta = self.aggregate_updates(accepted, payloads)
