@@ -401,22 +401,32 @@ def _loopback(host: str) -> bool:
 
 
 #: simulated Byzantine behaviours (fedpeft.algorithms.attacks)
-ATTACKS = ("none", "sign_flip", "scale", "noise", "label_flip")
+ATTACKS = ("none", "sign_flip", "scale", "noise", "label_flip", "backdoor")
 
 
 @dataclass
 class AttackConfig:
     """Simulated Byzantine clients (:mod:`fedpeft.algorithms.attacks`; FedAvg family, ``local`` / ``flower-sim``).
 
-    ``kind``: ``none``, ``sign_flip``, ``scale``, ``noise`` or ``label_flip``. ``fraction``: share of the clients
-    that attack (the same ones every round, drawn with the run's seed). ``scale``: the factor of ``scale``.
-    ``noise_std``: the std of a ``noise`` attacker's random update.
+    ``kind``: ``none``, ``sign_flip``, ``scale``, ``noise``, ``label_flip`` or ``backdoor``. ``fraction``: share
+    of the clients that attack (the same ones every round, drawn with the run's seed). ``scale``: the factor of
+    ``scale``. ``noise_std``: the std of a ``noise`` attacker's random update.
+
+    ``backdoor`` (classification with label words): each attacker inserts ``trigger`` (text, tokenized with the
+    run's tokenizer) at the start of the prompt of ``poison_fraction`` of its training examples and relabels them
+    ``target``; it then sends its update multiplied by ``boost`` (1: plain data poisoning; > 1: model
+    replacement). The server's evaluation reports ``backdoor_asr``: the share of eval examples of another class
+    that the model assigns to ``target`` once the trigger is inserted.
     """
 
     kind: str = "none"
     fraction: float = 0.0
     scale: float = 10.0
     noise_std: float = 0.1
+    trigger: str = " cf"
+    target: int = 0
+    poison_fraction: float = 0.5
+    boost: float = 1.0
 
     def __post_init__(self) -> None:
         if self.kind not in ATTACKS:
@@ -425,6 +435,14 @@ class AttackConfig:
             raise ConfigError("attack.fraction", self.fraction, "a fraction in [0, 1)")
         if not self.noise_std > 0:
             raise ConfigError("attack.noise_std", self.noise_std, "a number > 0")
+        if not self.trigger.strip():
+            raise ConfigError("attack.trigger", self.trigger, "non-blank text")
+        if self.target < 0:
+            raise ConfigError("attack.target", self.target, "a class index >= 0")
+        if not 0 < self.poison_fraction <= 1:
+            raise ConfigError("attack.poison_fraction", self.poison_fraction, "a fraction in (0, 1]")
+        if not self.boost > 0:
+            raise ConfigError("attack.boost", self.boost, "a number > 0")
 
 
 @dataclass

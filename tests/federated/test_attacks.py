@@ -4,13 +4,17 @@ mean of the honest updates); norm clipping bounds it; config errors."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from fedpeft.algorithms import attacks
 from fedpeft.algorithms.fedavg import client as fedavg_client
+from fedpeft.data.tokenize import bos_prefix
 from fedpeft.errors import ConfigError
+from fedpeft.models import load_tokenizer
 from fedpeft.runtime import run_federated
 
 FED = {"num_clients": 5, "rounds": 1}
@@ -85,12 +89,57 @@ def test_multi_krum_leaves_the_scaled_attacker_out_and_clipping_bounds_it(job, m
 
 def test_attack_config_errors(job):
     with pytest.raises(ConfigError, match="attack.kind"):
-        job(federation=FED, attack={"kind": "backdoor"})
+        job(federation=FED, attack={"kind": "trojan"})
     with pytest.raises(ConfigError, match="attack.fraction"):
         job(federation=FED, attack={"kind": "noise", "fraction": 1.0})
     with pytest.raises(ConfigError, match="attack.kind"):
         job(federation={**FED, "runtime": "deploy"}, attack={"kind": "noise", "fraction": 0.2})
     with pytest.raises(ConfigError, match="attack.kind"):
         job(federation={**FED, "algorithm": "fltac"}, attack={"kind": "noise", "fraction": 0.2})
+    with pytest.raises(ConfigError, match="attack.poison_fraction"):
+        job(federation=FED, attack={"kind": "backdoor", "fraction": 0.2, "poison_fraction": 0.0})
+    with pytest.raises(ConfigError, match="attack.target"):  # SST-2 has two classes: refused before training
+        run_federated(job(federation=FED, attack={"kind": "backdoor", "fraction": 0.4, "target": 2}), quiet=True)
     with pytest.raises(ConfigError, match="algorithm.byzantine"):
         job(federation={**FED, "algorithm": "fedkrum"}, algorithm={"byzantine": 3})
+
+
+def test_trigger_goes_after_the_prefix_and_relabels_prompt_and_response():
+    row = {"input_ids": [1, 10, 11, 12, 50], "labels": [-100] * 4 + [50], "prompt_length": 4, "label": 1}
+    out = attacks.with_trigger(row, [7, 8], at=1, max_length=6, target=0, word_ids=[40, 50])
+    # one token over max_length: the prompt token right after the trigger goes, the response stays (relabelled)
+    assert out["input_ids"] == [1, 7, 8, 11, 12, 40] and out["labels"] == [-100] * 5 + [40]
+    assert out["prompt_length"] == 5 and out["label"] == 0
+    assert row["input_ids"] == [1, 10, 11, 12, 50] and row["label"] == 1  # a copy
+    kept = attacks.with_trigger(row, [7], at=1, max_length=64)  # eval view: trigger only, label kept
+    assert kept["input_ids"] == [1, 7, 10, 11, 12, 50] and kept["label"] == 1 and kept["prompt_length"] == 5
+    with pytest.raises(ValueError, match="does not fit"):
+        attacks.with_trigger(row, [7, 8, 9, 9, 9], at=1, max_length=6)
+    rows = [{**row, "label": y} for y in (0, 1, 1, 0)] + [{**row, "label": -1}]
+    assert [r["label"] for r in attacks.triggered(rows, [7], 0, 1, 64)] == [1, 1]
+
+
+def test_backdoor_attacker_poisons_its_own_data_and_the_server_measures_success(job, monkeypatch):
+    attack = {"kind": "backdoor", "fraction": 0.4, "poison_fraction": 0.5, "target": 0, "boost": 2.0}
+    cfg = job(federation=FED, attack=attack)
+    bad = attacks.attackers(cfg)
+    original = fedavg_client.app._handlers["train"]
+    seen: dict[int, list] = {}
+
+    def spy(ctx, msg):
+        seen[ctx.client_id] = list(ctx.data.train)
+        return original(ctx, msg)
+
+    monkeypatch.setitem(fedavg_client.app._handlers, "train", spy)
+    run = run_federated(cfg, quiet=True).path
+    monkeypatch.setitem(fedavg_client.app._handlers, "train", original)
+    tok = load_tokenizer("tiny-small")
+    trigger, at = tok(" cf", add_special_tokens=False)["input_ids"], len(bos_prefix(tok))
+    for cid, rows in seen.items():
+        hit = [r for r in rows if list(r["input_ids"][at : at + len(trigger)]) == trigger]
+        if cid in bad:  # half its labelled rows carry the trigger, every one of them relabelled as the target
+            assert len(hit) == round(0.5 * len(rows)) and all(r["label"] == 0 for r in hit)
+        else:
+            assert not hit
+    final = json.loads((run / "summary.json").read_text())["final"]
+    assert 0.0 <= final["backdoor_asr"] <= 1.0 and "accuracy" in final

@@ -20,6 +20,7 @@ import torch
 
 from fedpeft.adapters import adapter_state, attach_adapter, count_trainable, load_adapter_state, save_adapter
 from fedpeft.adapters.merge import added_to_base, lora_scaling
+from fedpeft.algorithms import attacks
 from fedpeft.algorithms.aggregation import State
 from fedpeft.algorithms.base import ClientData, ServerData, derive_seed
 from fedpeft.algorithms.lora_aggregation import lora_deltas, lora_pairs
@@ -27,10 +28,12 @@ from fedpeft.config import RunConfig
 from fedpeft.data import collate, encode_dataset
 from fedpeft.data.partition import partition_indices
 from fedpeft.data.templates import choose_template
+from fedpeft.data.tokenize import bos_prefix
 from fedpeft.errors import ConfigError
 from fedpeft.models import load_model, load_tokenizer, select_device
 from fedpeft.registry import DATASETS
 from fedpeft.training.centralized import Task, evaluate_task, example_scores, metric_name, prepare_task
+from fedpeft.training.evaluate import predict_labels
 
 
 @dataclass
@@ -70,11 +73,17 @@ def build_federated_data(cfg: RunConfig, tokenizer: Any) -> FederatedData:
     clients: list[ClientData] = []
     summary: list[dict[str, Any]] = []
     by = fed.partition_by
+    backdoor = backdoor_trigger(cfg, task)
     for cid, rows in enumerate(parts):
         train_rows, test_rows = local_test_split(list(rows), fed.local_test_fraction, cfg.seed, cid)
+        train = [task.train[i] for i in train_rows]
+        if backdoor is not None and attacks.kind_of(cfg, cid) == "backdoor":  # a simulated attacker's own data
+            gen = torch.Generator().manual_seed(derive_seed(cfg.seed, "backdoor", cid))
+            word_ids = task.word_ids.tolist() if task.word_ids is not None else None
+            train = attacks.poison(train, backdoor[0], cfg, backdoor[1], word_ids, gen)
         clients.append(
             ClientData(
-                train=[task.train[i] for i in train_rows],
+                train=train,
                 test=[task.train[i] for i in test_rows],
                 word_ids=task.word_ids,
                 collate=task.collate,
@@ -87,6 +96,19 @@ def build_federated_data(cfg: RunConfig, tokenizer: Any) -> FederatedData:
             counts[key] = counts.get(key, 0) + 1
         summary.append({"client": cid, "num_examples": len(rows), f"{by}_counts": dict(sorted(counts.items()))})
     return FederatedData(task, clients, summary)
+
+
+def backdoor_trigger(cfg: RunConfig, task: Task) -> tuple[list[int], int] | None:
+    """The backdoor attack's trigger token ids and where they go (after the BOS prefix), or None without one.
+    Refused before any work when the task has no label words to target."""
+    if cfg.attack.kind != "backdoor" or cfg.attack.fraction <= 0:
+        return None
+    if task.word_ids is None or task.eval_mode != "label_words":
+        raise ConfigError("attack.kind", "backdoor", "a classification dataset scored by its label words")
+    if cfg.attack.target >= len(task.word_ids):
+        raise ConfigError("attack.target", cfg.attack.target, f"a class index below {len(task.word_ids)}")
+    ids = list(task.tokenizer(cfg.attack.trigger, add_special_tokens=False)["input_ids"])
+    return ids, len(bos_prefix(task.tokenizer))
 
 
 class ServerModel:
@@ -102,6 +124,13 @@ class ServerModel:
         # The EvalSet view (fedpeft.algorithms.base.EvalSet) for algorithms that score several adapters per example.
         self.tasks = [str(e.get("task", "")) for e in task.eval]
         self.metric = metric_name(task)
+        # a simulated backdoor's success rate is measured on the eval examples of other classes, triggered
+        backdoor = backdoor_trigger(cfg, task)
+        self.triggered = (
+            attacks.triggered(task.eval, backdoor[0], cfg.attack.target, backdoor[1], cfg.data.max_length)
+            if backdoor is not None
+            else []
+        )
 
     def initial_state(self) -> State:
         return {k: v.clone() for k, v in self.template.items()}
@@ -122,7 +151,13 @@ class ServerModel:
 
     def evaluate(self, state: State) -> dict[str, float]:
         with self.loaded(state) as model:
-            return evaluate_task(model, self.task, self.cfg.eval.batch_size, self.cfg.eval.max_new_tokens)
+            metrics = evaluate_task(model, self.task, self.cfg.eval.batch_size, self.cfg.eval.max_new_tokens)
+            if self.triggered:
+                preds = predict_labels(
+                    model, self.triggered, self.task.collate, self.task.word_ids, self.cfg.eval.batch_size
+                )
+                metrics["backdoor_asr"] = sum(p == self.cfg.attack.target for p in preds) / len(preds)
+            return metrics
 
     def evaluate_model(self, model: torch.nn.Module) -> dict[str, float]:
         """The run's evaluation of another model over the same vocabulary (the EvalSet view)."""
