@@ -19,6 +19,7 @@ results.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 from pathlib import Path
 from typing import Any
@@ -53,7 +54,22 @@ def main() -> None:
     ap.add_argument("--defences", nargs="+", choices=sorted(DEFENCES), default=list(DEFENCES))
     ap.add_argument("--output-dir", default=str(ROOT / "runs" / "byzantine"))
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--combine", nargs="+", type=Path, help="merge the cells of these results into --out, no runs")
     args = ap.parse_args()
+    if args.combine:  # e.g. the attacks split over two processes
+        parts = [json.loads(p.read_text()) for p in args.combine]
+        cells = {k: v for part in parts for k, v in part["cells"].items()}
+        merged = {
+            "machine": machine_info(0),
+            "parts": [{"file": str(p), "machine": d["machine"]} for p, d in zip(args.combine, parts, strict=True)],
+            "recipe": parts[0]["recipe"],
+            "cells": cells,
+        }
+        merged["seeds"] = sorted({s for d in parts for s in d["seeds"]})
+        save_result(args.out, merged)
+        attacks = list(dict.fromkeys(c["attack"] for c in cells.values()))
+        print_table(cells, attacks, list(dict.fromkeys(c["defence"] for c in cells.values())))
+        return
     machine = machine_info(0)
     cells: dict[str, dict[str, Any]] = {}
     for attack in args.attacks:
@@ -75,11 +91,15 @@ def main() -> None:
                 "rows": rows,
             }
             save_result(args.out, {"machine": machine, "recipe": str(RECIPE), "seeds": args.seeds, "cells": cells})
-    print("\n| attack | " + " | ".join(args.defences) + " |")
-    print("|---|" + "---:|" * len(args.defences))
-    for attack in args.attacks:
+    print_table(cells, args.attacks, args.defences)
+
+
+def print_table(cells: dict[str, dict[str, Any]], attacks: list[str], defences: list[str]) -> None:
+    print("\n| attack | " + " | ".join(defences) + " |")
+    print("|---|" + "---:|" * len(defences))
+    for attack in attacks:
         vals = []
-        for defence in args.defences:
+        for defence in defences:
             c = cells[f"{attack}/{defence}"]
             asr = f" (ASR {100 * statistics.mean(c['backdoor_asr']):.1f})" if c["backdoor_asr"] else ""
             vals.append(f"{100 * c['mean']:.1f}" + (f" ± {100 * c['sd']:.1f}" if c["sd"] is not None else "") + asr)
