@@ -59,6 +59,9 @@ def main() -> None:
     if args.combine:  # e.g. the attacks split over two processes
         parts = [json.loads(p.read_text()) for p in args.combine]
         cells = {k: v for part in parts for k, v in part["cells"].items()}
+        for c in cells.values():  # the trigger's reference rate on the models trained without attackers
+            if c["attack"] == "none" and not c.get("backdoor_asr"):
+                c["backdoor_asr"] = [reference_asr(r["run_dir"]) for r in c["rows"]]
         merged = {
             "machine": machine_info(0),
             "parts": [{"file": str(p), "machine": d["machine"]} for p, d in zip(args.combine, parts, strict=True)],
@@ -78,6 +81,8 @@ def main() -> None:
             for seed in args.seeds:
                 row = run_one(RECIPE, seed, [*BASE, *ATTACKS[attack], *DEFENCES[defence]], args.output_dir)
                 rows.append(row)
+                if attack == "none":  # the trigger's rate without any attacker, for reference
+                    row["final"]["backdoor_asr"] = reference_asr(row["run_dir"])
                 asr = f", backdoor success {row['final']['backdoor_asr']:.4f}" if "backdoor_asr" in row["final"] else ""
                 print(f"{attack:10s} {defence:8s} seed {seed}: {row['final']['accuracy']:.4f}{asr}", flush=True)
             accs = [r["final"]["accuracy"] for r in rows]
@@ -92,6 +97,28 @@ def main() -> None:
             }
             save_result(args.out, {"machine": machine, "recipe": str(RECIPE), "seeds": args.seeds, "cells": cells})
     print_table(cells, args.attacks, args.defences)
+
+
+def reference_asr(run_dir: str) -> float:
+    """The backdoor's trigger on a model no attacker touched: the share of the other class's test examples it
+    already sends to the target class once triggered (what an attack-success rate is measured against)."""
+    from fedpeft.adapters.export import load_saved_adapter
+    from fedpeft.algorithms import attacks
+    from fedpeft.config import RunConfig, load_config
+    from fedpeft.models import load_model, load_tokenizer
+    from fedpeft.runtime.setup import backdoor_trigger
+    from fedpeft.training.centralized import prepare_task
+    from fedpeft.training.evaluate import predict_labels
+
+    run = Path(run_dir)
+    cfg = load_config(RunConfig, run / "config.toml", ATTACKS["backdoor"])
+    task = prepare_task(cfg, load_tokenizer(cfg.model.name))
+    trigger = backdoor_trigger(cfg, task)
+    assert trigger is not None
+    examples = attacks.triggered(task.eval, trigger[0], cfg.attack.target, trigger[1], cfg.data.max_length)
+    model = load_saved_adapter(load_model(cfg.model.name, cfg.model.dtype, "cpu"), run / "adapter")
+    preds = predict_labels(model, examples, task.collate, task.word_ids, cfg.eval.batch_size)
+    return sum(p == cfg.attack.target for p in preds) / len(preds)
 
 
 def print_table(cells: dict[str, dict[str, Any]], attacks: list[str], defences: list[str]) -> None:
