@@ -26,8 +26,8 @@ MEMBER = "pkg/model.gguf"
 
 def _fake_wheel(dest: Path, payload: bytes = b"GGUF not really") -> Path:
     wheel = dest / "fake_pkg-1.0-py3-none-any.whl"
-    with zipfile.ZipFile(wheel, "w") as zf:
-        zf.writestr(MEMBER, payload)
+    with zipfile.ZipFile(wheel, "w") as zf:  # a fixed timestamp: the same bytes (and sha256) on every call
+        zf.writestr(zipfile.ZipInfo(MEMBER, date_time=(2020, 1, 1, 0, 0, 0)), payload)
     return wheel
 
 
