@@ -103,22 +103,16 @@ def reference_asr(run_dir: str) -> float:
     """The backdoor's trigger on a model no attacker touched: the share of the other class's test examples it
     already sends to the target class once triggered (what an attack-success rate is measured against)."""
     from fedpeft.adapters.export import load_saved_adapter
-    from fedpeft.algorithms import attacks
     from fedpeft.config import RunConfig, load_config
     from fedpeft.models import load_model, load_tokenizer
-    from fedpeft.runtime.setup import backdoor_trigger
+    from fedpeft.runtime.setup import backdoor_success, triggered_examples
     from fedpeft.training.centralized import prepare_task
-    from fedpeft.training.evaluate import predict_labels
 
     run = Path(run_dir)
     cfg = load_config(RunConfig, run / "config.toml", ATTACKS["backdoor"])
     task = prepare_task(cfg, load_tokenizer(cfg.model.name))
-    trigger = backdoor_trigger(cfg, task)
-    assert trigger is not None
-    examples = attacks.triggered(task.eval, trigger[0], cfg.attack.target, trigger[1], cfg.data.max_length)
     model = load_saved_adapter(load_model(cfg.model.name, cfg.model.dtype, "cpu"), run / "adapter")
-    preds = predict_labels(model, examples, task.collate, task.word_ids, cfg.eval.batch_size)
-    return sum(p == cfg.attack.target for p in preds) / len(preds)
+    return backdoor_success(model, cfg, task, triggered_examples(cfg, task))
 
 
 def print_table(cells: dict[str, dict[str, Any]], attacks: list[str], defences: list[str]) -> None:

@@ -111,6 +111,20 @@ def backdoor_trigger(cfg: RunConfig, task: Task) -> tuple[list[int], int] | None
     return ids, len(bos_prefix(task.tokenizer))
 
 
+def triggered_examples(cfg: RunConfig, task: Task) -> list[dict[str, Any]]:
+    """The eval examples of the classes other than the backdoor's target, triggered; empty without a backdoor."""
+    backdoor = backdoor_trigger(cfg, task)
+    if backdoor is None:
+        return []
+    return attacks.triggered(task.eval, backdoor[0], cfg.attack.target, backdoor[1], cfg.data.max_length)
+
+
+def backdoor_success(model: torch.nn.Module, cfg: RunConfig, task: Task, examples: list[dict[str, Any]]) -> float:
+    """The share of ``examples`` (from :func:`triggered_examples`) that ``model`` assigns to the target class."""
+    preds = predict_labels(model, examples, task.collate, task.word_ids, cfg.eval.batch_size)
+    return sum(p == cfg.attack.target for p in preds) / len(preds)
+
+
 class ServerModel:
     """The server's copy of the model: evaluates and saves global adapter states.
 
@@ -125,12 +139,7 @@ class ServerModel:
         self.tasks = [str(e.get("task", "")) for e in task.eval]
         self.metric = metric_name(task)
         # a simulated backdoor's success rate is measured on the eval examples of other classes, triggered
-        backdoor = backdoor_trigger(cfg, task)
-        self.triggered = (
-            attacks.triggered(task.eval, backdoor[0], cfg.attack.target, backdoor[1], cfg.data.max_length)
-            if backdoor is not None
-            else []
-        )
+        self.triggered = triggered_examples(cfg, task)
 
     def initial_state(self) -> State:
         return {k: v.clone() for k, v in self.template.items()}
@@ -153,10 +162,7 @@ class ServerModel:
         with self.loaded(state) as model:
             metrics = evaluate_task(model, self.task, self.cfg.eval.batch_size, self.cfg.eval.max_new_tokens)
             if self.triggered:
-                preds = predict_labels(
-                    model, self.triggered, self.task.collate, self.task.word_ids, self.cfg.eval.batch_size
-                )
-                metrics["backdoor_asr"] = sum(p == self.cfg.attack.target for p in preds) / len(preds)
+                metrics["backdoor_asr"] = backdoor_success(model, self.cfg, self.task, self.triggered)
             return metrics
 
     def evaluate_model(self, model: torch.nn.Module) -> dict[str, float]:
