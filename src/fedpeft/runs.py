@@ -29,11 +29,15 @@ class RunDir:
         """A new, uniquely named folder ``<output_dir>/<name>-<YYYYmmdd-HHMMSS>[-N]``."""
         stamp = time.strftime("%Y%m%d-%H%M%S")
         base = Path(output_dir) / f"{name}-{stamp}"
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
         path, n = base, 1
-        while path.exists():
-            n += 1
-            path = base.with_name(f"{base.name}-{n}")
-        return cls(path)
+        while True:
+            try:  # mkdir, not exists(): two processes starting in the same second must not share a folder
+                path.mkdir()
+                return cls(path)
+            except FileExistsError:
+                n += 1
+                path = base.with_name(f"{base.name}-{n}")
 
     def save_config(self, cfg: Any) -> None:
         atomic_write_text(self.path / "config.toml", tomli_w.dumps(to_dict(cfg)))
