@@ -159,7 +159,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
 
     names = list(result["variants"])
     summ = [result["variants"][n]["summary"] for n in names]
-    sd = lambda s, k: s[k]["sd"] if s[k].get("sd") is not None else 0.0  # noqa: E731
+    sd = lambda s, k: s[k].get("std") or 0.0  # noqa: E731  (fedpeft.reports.stats.spread: None for one seed)
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     ax1.bar(names, [s["rouge_after"]["mean"] for s in summ], yerr=[sd(s, "rouge_after") for s in summ], capsize=3)
     ax1.axhline(summ[0]["rouge_before"]["mean"], linestyle="--", color="grey", label="untuned model")
